@@ -1,0 +1,282 @@
+"""Structured configs: the schema every YAML in conf/ is merged into (strict: a misspelled key or a wrong type fails
+at start-up naming the key), plus the checks that need several values at once (batch arithmetic, shares)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+STAGES = ("all", "plan", "ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "train", "eval", "report")
+CATEGORIES = ("medical_multimodal", "medical_text", "general_multimodal", "general_text")
+
+
+@dataclass
+class SourceConfig:
+    """One training source: where it lives and how to read it (conf/source/<name>.yaml)."""
+
+    name: str = MISSING
+    adapter: str = MISSING  # key in aloevision.sources.ADAPTERS
+    domain: str = MISSING  # medical | general
+    modality: str = MISSING  # multimodal | text
+    path: str = MISSING  # Hugging Face dataset id, local folder or file
+    files: List[str] = field(default_factory=list)  # data files (globs) inside `path`; adapter default when empty
+    images: Optional[str] = None  # image folder, archive or archive glob; adapter default when None
+    hf_config: Optional[str] = None
+    split: str = "train"
+    boxes: bool = False
+    cap: Optional[int] = None  # at most this many samples after cleaning (seeded subsample), e.g. MedTrinity 400K
+    options: Dict[str, Any] = field(default_factory=dict)  # adapter-specific switches
+
+
+@dataclass
+class MixtureConfig:
+    """Which sources, and the target share of loss tokens per category (conf/mixture/)."""
+
+    name: str = MISSING
+    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    # category -> share of loss tokens; must sum to 1 over the categories present. Empty: keep natural shares.
+    targets: Dict[str, float] = field(default_factory=dict)
+    source_shares: Dict[str, float] = field(default_factory=dict)  # optional share of a source within its category
+    max_repeat: float = 1.0  # a source may be repeated up to this factor to meet a target
+    # Smaller ablation mixtures train for at least the optimizer steps of this reference (paper Appendix D).
+    reference_steps: Optional[int] = None
+
+
+@dataclass
+class TinySpec:
+    seed: int = 0
+    tokenizer_vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vision_depth: int = 2
+    vision_embed_dim: int = 32
+    vision_num_heads: int = 2
+    min_pixels: int = 3136  # 56 x 56
+    max_pixels: int = 12544  # 112 x 112
+
+
+@dataclass
+class RecipeConfig:
+    """Training hyper-parameters of a model scale (paper Table 6)."""
+
+    global_batch_size: int = MISSING
+    micro_batch_size: int = MISSING
+    gradient_accumulation_steps: int = MISSING
+    gpus: int = MISSING  # world size the recipe was written for
+    learning_rate: float = MISSING
+    optimizer: str = "adamw_torch"  # transformers optim name, e.g. adamw_torch, adamw_bnb_8bit
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    epochs: float = 1.0
+    weight_decay: float = 0.0
+    bf16: bool = True
+    gradient_checkpointing: bool = True
+    zero_stage: int = 3  # 0 = no DeepSpeed
+    gpu_hours_estimate: Optional[float] = None  # the paper's figure, shown beside the plan's estimate
+    samples_per_gpu_second: Optional[float] = None  # throughput used by the plan's GPU-hour estimate
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    checkpoint: Optional[str] = None  # Hub id or local path; None builds the tiny model offline
+    tiny: Optional[TinySpec] = None
+    min_pixels: int = 3136
+    max_pixels: int = 1003520  # Qwen2-VL default 12845056 is too large for SFT; 1280*28*28
+    max_length: int = 4096
+    dtype: str = "bfloat16"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+
+@dataclass
+class ClusterConfig:
+    """Where jobs run (conf/cluster/): resources for the submitit launcher and for the plan."""
+
+    name: str = MISSING
+    kind: str = "local"  # local | slurm
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 16
+    timeout_min: int = 60
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    setup: List[str] = field(default_factory=list)  # shell lines run before each job (module load, venv, ...)
+    max_num_timeout: int = 3  # requeues on timeout / preemption
+    array_parallelism: int = 64
+    data_shards: int = 1  # data stages split into this many shards (a job array on SLURM)
+
+
+@dataclass
+class ThresholdConfig:
+    min_score: Optional[float] = None  # keep score >= this (1-5 LVLM quality score)
+    min_ppl: Optional[float] = None  # keep perplexity >= this (lower flags trivial answers)
+    max_ppl: Optional[float] = None  # keep perplexity <= this (higher flags noisy/wrong answers)
+
+
+@dataclass
+class ScorerConfig:
+    backend: str = "transformers"  # transformers | vllm
+    tag_model: Optional[str] = None  # None: the run's model (the tiny model in the demo)
+    ppl_model: Optional[str] = None
+    batch_size: int = 8
+    max_new_tokens: int = 96
+    trust_remote_code: bool = False
+
+
+@dataclass
+class FilterConfig:
+    name: str = MISSING
+    enabled: bool = True
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    default: ThresholdConfig = field(default_factory=ThresholdConfig)
+    per_source: Dict[str, ThresholdConfig] = field(default_factory=dict)
+
+
+@dataclass
+class LeakageConfig:
+    name: str = MISSING
+    enabled: bool = True
+    radius: int = 0  # Hamming radius on 64-bit pHash; 0 = the paper's exact match
+    eval_sets: List[str] = field(default_factory=list)  # keys of eval.benchmarks whose images are hashed
+    fast_hash: bool = True  # bit-identical fast hasher; False uses imagehash.phash itself
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING
+    kind: str = MISSING  # mcq | yesno | open | text_mcq | probmed
+    harness: str = "builtin"  # builtin | lm_eval | vlmevalkit | lmms_eval
+    loader: str = MISSING  # key in aloevision.evalsets.LOADERS
+    path: str = MISSING
+    split: str = "test"
+    options: Dict[str, Any] = field(default_factory=dict)
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    name: str = MISSING
+    benchmarks: Dict[str, BenchmarkConfig] = field(default_factory=dict)
+    max_new_tokens: int = 32
+    batch_size: int = 8
+    judges: List[str] = field(default_factory=list)  # model ids / paths; "self" = the evaluated model
+    judge_backend: str = "transformers"
+
+
+@dataclass
+class TrainConfig:
+    """Run-level training switches; the hyper-parameters come from model.recipe."""
+
+    enabled: bool = True
+    init_from: Optional[str] = None  # run folder or checkpoint path to start from (second stage)
+    max_steps: Optional[int] = None  # override (demo / tests); None: from epochs
+    world_size: Optional[int] = None  # None: from the environment (1 locally)
+    learning_rate: Optional[float] = None  # override of model.recipe.learning_rate
+    micro_batch_size: Optional[int] = None
+    gradient_accumulation_steps: Optional[int] = None
+    logging_steps: int = 1
+    save_steps: int = 500
+    save_total_limit: int = 2
+    num_workers: int = 0
+    resume: bool = True  # resume from the latest checkpoint in the run folder
+
+
+@dataclass
+class WandbConfig:
+    project: str = "aloe-vision"
+    entity: Optional[str] = None
+    mode: str = "auto"  # auto (online with credentials, else offline) | online | offline | disabled
+    group: Optional[str] = None  # default: the experiment name
+    tags: List[str] = field(default_factory=list)
+    dir: Optional[str] = None  # default: the run folder
+
+
+@dataclass
+class PathsConfig:
+    root: str = MISSING
+    data_dir: str = MISSING  # real datasets (cluster)
+    demo_dir: str = MISSING  # generated demo data
+    cache_dir: str = MISSING  # artifact cache shared by every job of a sweep
+    output_dir: str = MISSING  # this job's run folder
+
+
+@dataclass
+class ReportConfig:
+    group: Optional[str] = None  # the sweep / experiment whose runs are tabulated
+    runs_dir: Optional[str] = None  # where run records are searched (default: outputs/)
+    source: str = "auto"  # auto | disk | wandb
+    wandb_report: bool = False
+
+
+@dataclass
+class PlanConfig:
+    stats: Optional[str] = None  # CSV/JSON of per-source token statistics; None: measured by this run's data
+
+
+@dataclass
+class Config:
+    stage: str = "all"
+    seed: int = 0
+    experiment: str = "default"  # name of the experiment / sweep; the W&B group
+    mixture: MixtureConfig = MISSING
+    model: ModelConfig = MISSING
+    cluster: ClusterConfig = MISSING
+    filter: FilterConfig = MISSING
+    leakage: LeakageConfig = MISSING
+    eval: EvalConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, node in (
+        ("mixture", MixtureConfig),
+        ("model", ModelConfig),
+        ("cluster", ClusterConfig),
+        ("filter", FilterConfig),
+        ("leakage", LeakageConfig),
+        ("eval", EvalConfig),
+        ("source", SourceConfig),
+    ):
+        cs.store(group=group, name=f"base_{group}", node=node)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and says how to fix it."""
+
+
+def validate(cfg) -> None:
+    """Cross-field checks that structured configs cannot express. Raises ConfigError."""
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(STAGES)}")
+    for key, src in cfg.mixture.sources.items():
+        if src.domain not in ("medical", "general"):
+            raise ConfigError(f"mixture.sources.{key}.domain={src.domain!r}: use 'medical' or 'general'")
+        if src.modality not in ("multimodal", "text"):
+            raise ConfigError(f"mixture.sources.{key}.modality={src.modality!r}: use 'multimodal' or 'text'")
+    targets = dict(cfg.mixture.targets)
+    if targets:
+        bad = [k for k in targets if k not in CATEGORIES]
+        if bad:
+            raise ConfigError(f"mixture.targets has unknown categories {bad}; use {', '.join(CATEGORIES)}")
+        total = sum(targets.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(
+                f"mixture.targets must sum to 1 (they sum to {total:.4f}): "
+                + ", ".join(f"{k}={v}" for k, v in targets.items())
+            )

@@ -1,0 +1,28 @@
+"""Stable fingerprints of configs and inputs: the cache keys of artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def _normalise(obj: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(obj, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(obj)
+    return obj
+
+
+def fingerprint(obj: Any, length: int = 16) -> str:
+    """Hex digest of a JSON-able object; key order does not matter."""
+    blob = json.dumps(_normalise(obj), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
