@@ -1,0 +1,70 @@
+"""Artifacts cached by the fingerprint of their inputs, written atomically, computed once per sweep.
+
+A stage asks `store.get_or_build(stage, key, build)`: if `<cache>/<stage>/<fingerprint>/` is complete it is reused;
+otherwise `build(tmp_dir)` fills a temporary folder that is renamed into place. A file lock makes concurrent jobs
+of a sweep (local processes or SLURM jobs on a shared filesystem) wait for the first one instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from aloevision.utils.fingerprint import fingerprint
+from aloevision.utils.locks import file_lock
+
+log = logging.getLogger(__name__)
+DONE = "_SUCCESS"
+
+
+@dataclass
+class Artifact:
+    path: Path
+    fingerprint: str
+    cached: bool  # True when an earlier job built it
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path_for(self, stage: str, key: Any) -> Path:
+        return self.root / stage / fingerprint(key)
+
+    def get_or_build(self, stage: str, key: Any, build: Callable[[Path], None]) -> Artifact:
+        fp = fingerprint(key)
+        final = self.root / stage / fp
+        if (final / DONE).is_file():
+            return Artifact(final, fp, cached=True)
+        with file_lock(self.root / stage / f".{fp}.lock"):
+            if (final / DONE).is_file():  # another job finished it while we waited
+                return Artifact(final, fp, cached=True)
+            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{fp}-"))
+            try:
+                build(tmp)
+                (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+                (tmp / DONE).write_text("")
+                if final.exists():  # an incomplete leftover of a killed job
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        log.info("built %s artifact %s", stage, final)
+        return Artifact(final, fp, cached=False)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=str))
+    os.replace(tmp, path)
