@@ -1,0 +1,335 @@
+"""Answer extraction and scoring for the built-in evaluator (MCQ, yes/no, ProbMed pairs, CareQA-Vision splits).
+
+Extraction is deterministic and rule-based (no LLM matcher), so a score can always be traced to the rule that
+produced it (`Extraction.rule`). The rules, in the order they are tried, for multiple choice:
+
+1. Reasoning blocks (`<think>...</think>`) and markdown emphasis are removed; only the final answer text is read.
+2. An explicit answer statement ("The answer is (B)", "Answer: B", "correct option: b)", "Final answer - C"):
+   the LAST such statement wins, because models that reason first state the answer at the end.
+3. The whole response is a single letter ("B", "(b)", "B.").
+4. The response starts with a letter marker ("B. Pneumonia", "(B) ...", "B) ...", "B: ...").
+5. The text of exactly one option appears in the response ("Pneumonia"); when several options' texts appear, the
+   longest one wins only if every other match is contained in it ("left lung" over "lung"), else no answer.
+6. Bare letter mentions ("(B)", " B "): exactly one distinct option letter → that letter.
+   MULTIPLE DISTINCT LETTERS WITH NO EXPLICIT STATEMENT → NO ANSWER (scored 0), as VLMEvalKit's exact matcher does:
+   a response that lists "A or C" must not be credited by whichever the grader happens to pick.
+
+Yes/no: the last explicit statement ("the answer is no"), else a leading yes/no, else exactly one of the words
+yes / no in the response; both present → no answer.
+
+Lowercase letters are accepted only where they cannot be an English article or pronoun: alone, in parentheses, or
+followed by punctuation ("the answer is a pleural effusion" is NOT option A).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+MCQ_KINDS = ("mcq", "text_mcq")
+YESNO_KINDS = ("yesno", "probmed")
+OPEN_KINDS = ("open",)
+KINDS = MCQ_KINDS + YESNO_KINDS + OPEN_KINDS
+
+
+@dataclass(frozen=True)
+class Extraction:
+    answer: str | None  # option letter (upper case), "yes"/"no", or None when nothing could be extracted
+    rule: str  # which rule produced it (see the module docstring), or why nothing was extracted
+
+
+@dataclass
+class ItemResult:
+    """One scored prediction: what the eval stage keeps per item and what `summarise` aggregates."""
+
+    id: str
+    benchmark: str
+    kind: str
+    score: float | None  # 0..1; None = not scored (e.g. an open answer no judge could score)
+    prediction: str = ""
+    extracted: str | None = None
+    rule: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# text clean-up
+
+_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
+_EMPHASIS = re.compile(r"[*_`]+")
+
+
+def clean_prediction(text: str) -> str:
+    """Drop reasoning blocks and markdown emphasis; an unclosed <think> keeps only what follows it."""
+    text = _THINK.sub(" ", text or "")
+    if "</think>" in text.lower():  # a closing tag without an opening one (template put <think> in the prompt)
+        text = re.split(r"</think>", text, flags=re.I)[-1]
+    return _EMPHASIS.sub("", text).strip()
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# multiple choice
+
+_KEYWORDS = (
+    r"(?:final\s+answer|correct\s+answer|best\s+answer|correct\s+option|correct\s+choice|right\s+answer|answer"
+    r"|option|choice|respuesta)"
+)
+# The letter: an upper-case letter not followed by a letter, or a lower-case one in parentheses / before punctuation
+# / at the end (so the article "a" never counts).
+_LETTER = r"(?:\(\s*(?P<p>[A-Za-z])\s*\)|(?P<u>[A-Z])(?![A-Za-z])|(?P<l>[a-z])(?=\s*(?:[.,;:)!]|$)))"
+_STATEMENT = re.compile(
+    r"(?i:" + _KEYWORDS + r")(?:\s+(?i:is|would\s+be|will\s+be|should\s+be))?\s*(?:[:=\-–—]\s*)?"
+    r"(?i:(?:option|choice|letter)\s+)?" + _LETTER
+)
+_NEGATED = re.compile(r"[\s).:]*(?:is|are|would\s+be|seems)\s+(?:not|incorrect|wrong|false|unlikely)\b", re.I)
+_ONLY_LETTER = re.compile(r"^\(?\s*([A-Za-z])\s*\)?[.:)]?$")
+_LEADING = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])\s*[.:)])(?:\s|$)")
+# A bare "A"/"I" before a lower-case word is the article / pronoun ("A mass is seen", "I think"), not a letter.
+_BARE = re.compile(r"\(\s*([A-Z])\s*\)|(?<![A-Za-z'])(?![AI]\s+(?!(?:or|and|nor|vs|versus|is|are|was|seems|would|could|should|because|since)\b)[a-z])([A-Z])(?![A-Za-z'])")
+
+
+def _letter(m: re.Match) -> str:
+    return next(g for g in (m.group("p"), m.group("u"), m.group("l")) if g).upper()
+
+
+def extract_choice(prediction: str, options: Mapping[str, str]) -> Extraction:
+    """The option letter a free-text answer chose, by the rules in the module docstring."""
+    if not options:
+        raise ValueError("extract_choice needs the item's options (letter -> text); got none")
+    letters = {k.strip().upper() for k in options}
+    text = clean_prediction(prediction)
+    if not text:
+        return Extraction(None, "empty")
+
+    # "Option A is incorrect" names a letter to reject it: not a statement of the answer.
+    statements = [_letter(m) for m in _STATEMENT.finditer(text) if not _NEGATED.match(text, m.end())]
+    statements = [s for s in statements if s in letters]
+    if statements:
+        return Extraction(statements[-1], "statement")
+
+    m = _ONLY_LETTER.match(text)
+    if m and m.group(1).upper() in letters:
+        return Extraction(m.group(1).upper(), "letter_only")
+
+    m = _LEADING.match(text)
+    if m:
+        letter = (m.group(1) or m.group(2)).upper()
+        # A leading lower-case "a." could be prose; accept it only when it is an option letter.
+        if letter in letters and (m.group(1) or m.group(2).isupper() or text[1:2] in ".:)"):
+            return Extraction(letter, "leading_letter")
+
+    norm_text = f" {_norm(text)} "
+    hits = {}
+    for key, opt in options.items():
+        n = _norm(str(opt))
+        if n and f" {n} " in norm_text:
+            hits[key.strip().upper()] = n
+    if len(hits) == 1:
+        return Extraction(next(iter(hits)), "option_text")
+    if len(hits) > 1:
+        longest = max(hits.items(), key=lambda kv: len(kv[1]))
+        others = [v for k, v in hits.items() if k != longest[0]]
+        if all(f" {o} " in f" {longest[1]} " for o in others) and sum(len(v) == len(longest[1]) for v in hits.values()) == 1:
+            return Extraction(longest[0], "option_text_longest")
+
+    bare = {(m.group(1) or m.group(2)) for m in _BARE.finditer(text)} & letters
+    if len(bare) == 1:
+        return Extraction(bare.pop(), "bare_letter")
+    if len(bare) > 1 or len(hits) > 1:
+        return Extraction(None, "ambiguous")
+    return Extraction(None, "no_match")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# yes / no
+
+_YN_STATEMENT = re.compile(r"(?i:answer|final\s+answer)\s*(?:is|would\s+be|:|-)?\s*:?\s*\(?\s*(?P<a>yes|no)\b", re.I)
+_YN_LEADING = re.compile(r"^(yes|no)\b(?!\s*(?:or|/)\s*(?:yes|no)\b)", re.I)  # "yes or no" is not an answer
+_YN_WORD = re.compile(r"\b(yes|no)\b", re.I)
+
+
+def extract_yesno(prediction: str) -> Extraction:
+    text = clean_prediction(prediction)
+    if not text:
+        return Extraction(None, "empty")
+    statements = [m.group("a").lower() for m in _YN_STATEMENT.finditer(text)]
+    if statements:
+        return Extraction(statements[-1], "statement")
+    m = _YN_LEADING.match(text)
+    if m:
+        return Extraction(m.group(1).lower(), "leading_word")
+    words = {w.lower() for w in _YN_WORD.findall(text)}
+    if len(words) == 1:
+        return Extraction(words.pop(), "word")
+    return Extraction(None, "ambiguous" if words else "no_match")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# scoring
+
+
+def extract(item, prediction: str) -> Extraction:
+    kind = item.kind
+    if kind in MCQ_KINDS:
+        return extract_choice(prediction, item.options)
+    if kind in YESNO_KINDS:
+        return extract_yesno(prediction)
+    if kind in OPEN_KINDS:
+        raise ValueError(
+            f"item {item.id!r} is open-ended: score it with the judges (aloevision.evaluation.judges.judge_items)"
+        )
+    raise ValueError(f"item {item.id!r} has unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def score_item(item, prediction: str) -> float:
+    """1.0 when the extracted answer equals the reference, else 0.0 (exact match; no answer counts as wrong)."""
+    ex = extract(item, prediction)
+    gold = str(item.answer).strip()
+    gold = gold.upper() if item.kind in MCQ_KINDS else gold.lower()
+    return float(ex.answer is not None and ex.answer == gold)
+
+
+def score_result(item, prediction: str) -> ItemResult:
+    """`score_item` plus what the eval stage logs per item (the extracted answer and the rule that found it)."""
+    ex = extract(item, prediction)
+    return ItemResult(
+        id=item.id,
+        benchmark=item.benchmark,
+        kind=item.kind,
+        score=score_item(item, prediction),
+        prediction=prediction,
+        extracted=ex.answer,
+        rule=ex.rule,
+        meta=dict(item.meta),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CareQA-Vision split (Table 10: Nursing / Medicine x MCQ / open-ended "VQA")
+
+_NURSING = {"nursing", "enfermeria", "enfermería", "eir", "nurse"}
+_MEDICINE = {"medicine", "medicina", "mir", "medical", "doctor"}
+
+
+def careqa_field(meta: Mapping[str, Any]) -> str | None:
+    """'nursing' | 'medicine' from the item's meta (keys tried: field, category, exam, specialty, exam_id)."""
+    for key in ("field", "category", "exam", "specialty", "exam_id"):
+        v = meta.get(key)
+        if v is None:
+            continue
+        words = set(re.split(r"[^a-záéíóúñ]+", str(v).lower()))
+        if words & _NURSING:
+            return "nursing"
+        if words & _MEDICINE:
+            return "medicine"
+    return None
+
+
+def careqa_format(kind: str) -> str:
+    return "open" if kind in OPEN_KINDS else "mcq"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# aggregation
+
+
+def _as_result(r: ItemResult | Mapping[str, Any]) -> ItemResult:
+    if isinstance(r, ItemResult):
+        return r
+    return ItemResult(**{k: r[k] for k in ("id", "benchmark", "kind", "score") if k in r}, meta=dict(r.get("meta", {})))
+
+
+def probmed_pair_accuracy(results: Iterable[ItemResult]) -> tuple[float | None, int, int]:
+    """(accuracy in %, pairs, unpaired items): a pair counts as correct only when every question in it is.
+
+    Items whose partner is missing (one-member groups) are NOT scored as pairs; they are returned as a count so the
+    caller can report them instead of silently inflating the score.
+    """
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in results:
+        pid = r.meta.get("pair_id")
+        if pid is None:
+            raise ValueError(f"ProbMed item {r.id!r} has no meta['pair_id']; pair scoring needs it")
+        groups[str(pid)].append(r.score or 0.0)
+    pairs = [v for v in groups.values() if len(v) >= 2]
+    unpaired = sum(len(v) for v in groups.values() if len(v) < 2)
+    if not pairs:
+        return None, 0, unpaired
+    return 100.0 * sum(all(s == 1.0 for s in v) for v in pairs) / len(pairs), len(pairs), unpaired
+
+
+def _mean_pct(scores: list[float]) -> float | None:
+    return 100.0 * statistics.fmean(scores) if scores else None
+
+
+def summarise(results: Iterable[ItemResult | Mapping[str, Any]]) -> dict[str, float]:
+    """{benchmark: %, benchmark/sub: %}. Unscored items (score None) are left out and counted by `counts`.
+
+    - ProbMed (kind probmed): pair accuracy (both questions of a pair right), plus `probmed/question` (per question)
+      and `probmed/<qa_type>` pair accuracy when the items carry meta['qa_type'].
+    - CareQA-Vision: `careqa_vision/mcq`, `/open` (Table 3's CareQA-V MCQ / VQA) and `/nursing_mcq`,
+      `/medicine_mcq`, `/nursing_open`, `/medicine_open` (Table 10); the overall key is the mean over all items.
+    - Everything else: mean item score.
+    """
+    by_bench: dict[str, list[ItemResult]] = defaultdict(list)
+    for r in map(_as_result, results):
+        if r.score is not None:
+            by_bench[r.benchmark].append(r)
+    out: dict[str, float] = {}
+    for bench, rs in sorted(by_bench.items()):
+        if any(r.kind == "probmed" for r in rs):
+            acc, _, _ = probmed_pair_accuracy(rs)
+            if acc is not None:
+                out[bench] = acc
+            out[f"{bench}/question"] = _mean_pct([r.score for r in rs])
+            by_type: dict[str, list[ItemResult]] = defaultdict(list)
+            for r in rs:
+                if r.meta.get("qa_type"):
+                    by_type[str(r.meta["qa_type"])].append(r)
+            for qa_type, sub in sorted(by_type.items()):
+                acc, _, _ = probmed_pair_accuracy(sub)
+                if acc is not None:
+                    out[f"{bench}/{qa_type}"] = acc
+            continue
+        out[bench] = _mean_pct([r.score for r in rs])
+        if bench.startswith("careqa_vision"):
+            cells: dict[str, list[float]] = defaultdict(list)
+            for r in rs:
+                fmt = careqa_format(r.kind)
+                cells[fmt].append(r.score)
+                fld = careqa_field(r.meta)
+                if fld:
+                    cells[f"{fld}_{fmt}"].append(r.score)
+            for key, scores in sorted(cells.items()):
+                out[f"{bench}/{key}"] = _mean_pct(scores)
+    return out
+
+
+def counts(results: Iterable[ItemResult | Mapping[str, Any]]) -> dict[str, int]:
+    """Item counts beside the scores: scored, unscored, no-answer extractions, unpaired ProbMed items."""
+    out: dict[str, int] = defaultdict(int)
+    probmed: dict[str, list[ItemResult]] = defaultdict(list)
+    for r in results:
+        rich = isinstance(r, ItemResult)
+        r = _as_result(r)
+        out[f"{r.benchmark}/n"] += 1
+        if r.score is None:
+            out[f"{r.benchmark}/n_unscored"] += 1
+        elif rich and r.kind != "open" and r.extracted is None:
+            out[f"{r.benchmark}/n_no_answer"] += 1
+        if r.kind == "probmed" and r.score is not None:
+            probmed[r.benchmark].append(r)
+    for bench, rs in probmed.items():
+        _, pairs, unpaired = probmed_pair_accuracy(rs)
+        out[f"{bench}/n_pairs"] = pairs
+        out[f"{bench}/n_unpaired"] = unpaired
+    if not out:
+        return {}
+    return dict(out)
