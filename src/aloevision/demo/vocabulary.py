@@ -13,6 +13,10 @@ POSITIONS = ["upper left", "upper right", "lower left", "lower right"]
 YES_NO = ["yes", "no"]
 
 GENERAL_TOPICS = ["photosynthesis", "gravity", "the water cycle", "prime numbers", "volcanoes", "the moon"]
+# General-domain pictures (Cambrian-like rows): one coloured shape on a light background.
+COLORS = ["red", "green", "blue", "yellow"]
+SHAPES = ["circle", "square", "triangle"]
+BODY_PARTS = ["Head", "Chest", "Abdomen", "Pelvis"]  # PubMedVision-style body_part labels
 
 FILLER = (
     "The image shows a scan of the patient. There is a bright finding in the picture. Describe the image. "
@@ -29,6 +33,9 @@ def corpus_sentences() -> list[str]:
     for m, o, f, p in itertools.product(MODALITIES, ORGANS, FINDINGS, POSITIONS):
         out.append(f"This {m} image of the {o} shows a {f} in the {p} region.")
         out.append(f"Is there a {f} in the {p} of this {m} scan of the {o}? The answer is yes.")
+    for c, s in itertools.product(COLORS, SHAPES):
+        out.append(f"What color is the shape? The shape is a {c} {s}. What shape is in the picture? A {s}.")
+    out.append("Is there a fracture in this X-ray? The bone shows a fracture. No fracture is seen. " * 2)
     for t in GENERAL_TOPICS:
         out.append(f"Explain {t} in simple words. {t.capitalize()} is a topic of science that people study.")
     out.append("".join(chr(c) for c in range(32, 127)))
