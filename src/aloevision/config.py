@@ -171,6 +171,7 @@ class EvalConfig:
     batch_size: int = 8
     judges: List[str] = field(default_factory=list)  # model ids / paths; "self" = the evaluated model
     judge_backend: str = "transformers"
+    model: Optional[str] = None  # run folder, checkpoint or Hub id to evaluate when this run trains none
 
 
 @dataclass

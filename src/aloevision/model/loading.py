@@ -17,7 +17,10 @@ def checkpoint_path(model_cfg: DictConfig, cache_dir: str | Path) -> str:
         return str(model_cfg.checkpoint)
     from aloevision.model.tiny import ensure_tiny
 
-    spec = {**dataclasses.asdict(TinySpec()), **OmegaConf.to_container(model_cfg.tiny or {}, resolve=True)}
+    overrides = model_cfg.get("tiny") or {}
+    if OmegaConf.is_config(overrides):
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    spec = {**dataclasses.asdict(TinySpec()), **overrides}
     spec["min_pixels"], spec["max_pixels"] = int(model_cfg.min_pixels), int(model_cfg.max_pixels)
     return str(ensure_tiny(Path(cache_dir) / "models", spec))
 

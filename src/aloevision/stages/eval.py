@@ -1,0 +1,178 @@
+"""Stage `eval`: the configured benchmarks with greedy decoding (built-in evaluator), text MCQ by option
+log-likelihood, open-ended answers by LLM judges, and the harnesses (lm-eval) where configured.
+
+The model evaluated is, in order: the model this run trained, `eval.model` (a run folder, checkpoint or Hub id),
+else the configured base model. Per-item predictions go to `eval/<benchmark>.jsonl`; scores to the W&B summary
+(`eval/<benchmark>` and sub-scores) and the run record.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+YESNO_INSTRUCTION = "Answer yes or no."
+OPEN_INSTRUCTION = "Answer the question briefly."
+
+
+def prompt_text(item) -> str:
+    if item.kind in ("mcq", "text_mcq"):
+        opts = "\n".join(f"{k}. {v}" for k, v in sorted(item.options.items()))
+        return f"{item.question}\n{opts}\n{MCQ_INSTRUCTION}"
+    if item.kind in ("yesno", "probmed"):
+        return f"{item.question}\n{YESNO_INSTRUCTION}"
+    return f"{item.question}\n{OPEN_INSTRUCTION}"
+
+
+def load_pil(image) -> Any:
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
+        img = Image.open(io.BytesIO(image))
+    elif isinstance(image, Image.Image):
+        img = image
+    else:
+        from aloevision.images import open_image
+
+        img = open_image(str(image))
+    return img.convert("RGB")
+
+
+def generate(model, processor, items, max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
+    """Greedy answers for eval items (images + prompt in one user turn)."""
+    import torch
+
+    tok = processor.tokenizer
+    tok.padding_side = "left"  # decoder-only batch generation pads on the left
+    out: list[str] = []
+    for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch", leave=False):
+        batch = items[start : start + batch_size]
+        texts, images = [], []
+        for it in batch:
+            content = [{"type": "image"} for _ in it.images] + [{"type": "text", "text": prompt_text(it)}]
+            texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                       add_generation_prompt=True))
+            images.extend(load_pil(im) for im in it.images)
+        enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        new = gen[:, enc["input_ids"].shape[1] :]
+        out.extend(tok.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def loglik_choices(model, processor, items, desc: str) -> list[str]:
+    """Text MCQ by highest log-likelihood of the option letter after the prompt (as lm-eval scores MCQ)."""
+    import torch
+
+    tok = processor.tokenizer
+    preds = []
+    for it in tqdm(items, desc=desc, leave=False):
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": prompt_text(it)}]}], tokenize=False,
+            add_generation_prompt=True)
+        ctx_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        best, best_lp = None, float("-inf")
+        for letter in sorted(it.options):
+            cont = tok(letter, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([ctx_ids + cont], device=model.device)
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, len(ctx_ids) - 1 : -1].float()
+            lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device=model.device)[:, None]).sum().item()
+            if lp > best_lp:
+                best, best_lp = letter, lp
+        preds.append(best or "")
+    return preds
+
+
+def model_under_test(ctx) -> str:
+    from aloevision.model.loading import checkpoint_path
+    from aloevision.stages.train import resolve_init_from
+
+    trained = (ctx.results.get("train") or {}).get("model")
+    if trained:
+        return trained
+    if ctx.cfg.eval.model:
+        return resolve_init_from(ctx.cfg.eval.model)
+    return checkpoint_path(ctx.cfg.model, ctx.cfg.paths.cache_dir)
+
+
+def run(ctx) -> dict[str, Any]:
+    from aloevision.evalsets import LOADERS
+    from aloevision.evaluation.answers import counts, score_result, summarise
+    from aloevision.model.loading import load_model, load_processor_for
+    from aloevision.stages.ingest import ensure_demo_data
+
+    cfg = ctx.cfg
+    ensure_demo_data(cfg)
+    path = model_under_test(ctx)
+    processor = load_processor_for(cfg.model, path)
+    model = load_model(cfg.model, path).eval()
+    out_dir = ctx.run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    all_results, status = [], {}
+    for key, bench in cfg.eval.benchmarks.items():
+        if bench.harness != "builtin":
+            status[key] = _run_harness(ctx, key, bench, path)
+            continue
+        items = list(LOADERS[bench.loader](bench))
+        if bench.max_samples:
+            items = items[: bench.max_samples]
+        if bench.kind == "text_mcq":
+            preds = loglik_choices(model, processor, items, desc=f"eval {key}")
+        else:
+            preds = generate(model, processor, items, cfg.eval.max_new_tokens, cfg.eval.batch_size, f"eval {key}")
+        if bench.kind == "open":
+            results = _judge_open(ctx, items, preds, model, processor)
+        else:
+            results = [score_result(it, p) for it, p in zip(items, preds)]
+        for r in results:
+            r.benchmark = key
+        with open(out_dir / f"{key}.jsonl", "w") as f:
+            for r in results:
+                f.write(json.dumps(r.__dict__, default=str) + "\n")
+        all_results.extend(results)
+        status[key] = f"builtin: {len(items)} items"
+        ctx.tracker.table(f"eval/{key}/predictions", ["id", "prediction", "extracted", "score"],
+                          [[r.id, r.prediction[:200], r.extracted, r.score] for r in results[:100]])
+    metrics = {f"eval/{k}": v for k, v in summarise(all_results).items() if v is not None}
+    n = {f"eval_counts/{k}": v for k, v in counts(all_results).items()}
+    ctx.tracker.summary(metrics)
+    report = {"model": path, "harness_status": status, "metrics": metrics, "counts": n}
+    (out_dir / "results.json").write_text(json.dumps(report, indent=1))
+    ctx.tracker.stage_report("eval", report)
+    ctx.tracker.add_paths(eval=out_dir)
+    return report
+
+
+def _judge_open(ctx, items, preds, model, processor):
+    """Open-ended answers scored 0 / 0.5 / 1 by the configured judges, majority vote."""
+    from aloevision.evaluation.judges import judge_items
+
+    return judge_items(items, preds, judges=list(ctx.cfg.eval.judges), backend=ctx.cfg.eval.judge_backend,
+                       self_model=(model, processor), out_dir=ctx.run_dir / "eval")
+
+
+def _run_harness(ctx, key, bench, model_path) -> str:
+    from aloevision.evaluation.lm_eval_task import harness_status
+
+    state = harness_status(bench.harness)
+    if state != "installed":
+        log.warning("benchmark %s: harness %s is %s; skipped (not faked)", key, bench.harness, state)
+        return f"{bench.harness}: {state}"
+    if bench.harness == "lm_eval":
+        from aloevision.evaluation.lm_eval_task import run_lm_eval
+
+        scores = run_lm_eval(model_path, bench, out_dir=ctx.run_dir / "eval")
+        ctx.tracker.summary({f"eval/{key}": v for k, v in scores.items() if k == key} | {f"eval/{k}": v for k, v in scores.items()})
+        return f"lm_eval: {scores}"
+    return f"{bench.harness}: installed but not wired (run it with its own CLI on {model_path})"
