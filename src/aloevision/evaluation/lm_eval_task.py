@@ -1,0 +1,150 @@
+"""lm-evaluation-harness integration (text MCQ by option log-likelihood) and which harnesses are available.
+
+`run_lm_eval` evaluates an already-loaded model + tokenizer (wrapped in lm-eval's `HFLM`) on lm-eval tasks: the
+built-in ones (`multimedqa`, `mmlu`, ... — these need their datasets, i.e. the Hub or a local HF cache) or the
+tasks defined in this repo under `lm_eval_tasks/` (`demo_medmcqa`, offline, local data).
+
+Qwen2-VL: `Qwen2VLForConditionalGeneration` runs text-only when called with input_ids alone (the multimodal RoPE
+falls back to text positions), so HFLM can wrap it as a causal LM directly (`backend="causal"`); no separate
+text-only model is needed.
+
+VLMEvalKit and lmms-eval are optional: `harness_status` reports them as "not installed" when they are absent, and
+nothing here pretends to run them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).with_name("lm_eval_tasks")
+
+# harness name -> (import name, distribution name, install hint)
+HARNESSES = {
+    "lm_eval": ("lm_eval", "lm_eval", "pip install lm-eval"),
+    "vlmevalkit": ("vlmeval", "vlmeval", "pip install git+https://github.com/open-compass/VLMEvalKit"),
+    "lmms_eval": ("lmms_eval", "lmms_eval", "pip install lmms-eval"),
+}
+
+
+def harness_status(name: str) -> str:
+    """'built-in', 'installed (<dist> <version>)' or 'not installed (<how to install>)'; unknown names are errors."""
+    if name == "builtin":
+        return "built-in"
+    if name not in HARNESSES:
+        raise ValueError(f"unknown harness {name!r}; known: builtin, {', '.join(HARNESSES)}")
+    module, dist, hint = HARNESSES[name]
+    if importlib.util.find_spec(module) is None:
+        return f"not installed ({hint})"
+    try:
+        return f"installed ({dist} {importlib.metadata.version(dist)})"
+    except importlib.metadata.PackageNotFoundError:
+        return "installed (version unknown)"
+
+
+def make_hflm(model, tokenizer, *, batch_size: int = 8, max_length: int | None = None):
+    """lm-eval's HFLM around a loaded model (a causal LM or a Qwen2-VL used text-only) and its tokenizer/processor."""
+    from lm_eval.models.huggingface import HFLM
+
+    tok = getattr(tokenizer, "tokenizer", tokenizer)  # a processor: its tokenizer
+    return HFLM(pretrained=model, tokenizer=tok, backend="causal", batch_size=batch_size, max_length=max_length)
+
+
+def run_lm_eval(
+    lm,
+    tasks: Sequence[str],
+    *,
+    include_path: str | Path | Sequence[str | Path] | None = TASKS_DIR,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    log_samples: bool = False,
+    apply_chat_template: bool = False,
+    seed: int = 0,
+    include_defaults: bool | None = None,
+) -> dict[str, Any]:
+    """`lm_eval.simple_evaluate` on `tasks` with `lm` (an HFLM or any lm-eval LM). Returns lm-eval's results dict.
+
+    lm-eval's own task configs are indexed only when a requested task is not in `include_path`
+    (`include_defaults=None`, the default); indexing them costs seconds to tens of seconds.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
+    local = _local_task_names(paths)
+    if include_defaults is None:
+        include_defaults = not set(tasks) <= local
+    tm = TaskManager(include_path=[str(p) for p in paths] or None, include_defaults=include_defaults,
+                     metadata=metadata)
+    unknown = [t for t in tasks if t not in tm.all_tasks]
+    if unknown:
+        raise ValueError(f"lm-eval does not know task(s) {unknown}; local tasks: {sorted(local)}")
+    results = simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=tm,
+        log_samples=log_samples,
+        apply_chat_template=apply_chat_template,
+        bootstrap_iters=0,  # no stderr bootstrap: it dominates run time on small sets and is not reported
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    if results is None:  # non-zero ranks in a distributed run
+        return {}
+    return results
+
+
+def _local_task_names(paths: Sequence[str | Path]) -> set[str]:
+    import yaml
+
+    names: set[str] = set()
+    for p in paths:
+        for f in Path(p).rglob("*.yaml"):
+            try:
+                # Task YAMLs use custom tags (!function); read only the plain `task:` line.
+                for line in f.read_text().splitlines():
+                    if line.startswith("task:"):
+                        names.add(yaml.safe_load(line)["task"])
+                        break
+            except (OSError, yaml.YAMLError):
+                continue
+    return names
+
+
+def metrics_from_results(results: dict[str, Any], benchmarks: dict[str, str] | None = None,
+                         metric: str = "acc") -> dict[str, float]:
+    """{benchmark: percent} from lm-eval results. `benchmarks` maps our key -> lm-eval task/group name
+    (default: identity). Groups (multimedqa, mmlu) are read from `groups`, tasks from `results`."""
+    table = {**results.get("results", {}), **results.get("groups", {})}
+    out: dict[str, float] = {}
+    for key, task in (benchmarks or {t: t for t in results.get("results", {})}).items():
+        row = table.get(task)
+        if row is None:
+            log.warning("lm-eval returned no results for task %s (benchmark %s)", task, key)
+            continue
+        value = row.get(f"{metric},none", row.get(metric))
+        if isinstance(value, (int, float)):
+            out[key] = 100.0 * float(value)
+        else:
+            log.warning("lm-eval task %s has no %r metric (has %s)", task, metric, sorted(row))
+    return out
+
+
+def offline_env() -> dict[str, str]:
+    """Environment that keeps lm-eval / datasets / the Hub from touching the network (local tasks only)."""
+    return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def apply_offline_env() -> None:
+    os.environ.update(offline_env())

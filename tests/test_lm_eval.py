@@ -1,0 +1,108 @@
+"""lm-evaluation-harness for real, offline: the repo's `demo_medmcqa` task on the tiny Qwen2-VL through HFLM, checked
+against log-likelihoods computed here directly with torch."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from aloevision.evaluation.lm_eval_task import (
+    TASKS_DIR,
+    harness_status,
+    make_hflm,
+    metrics_from_results,
+    offline_env,
+    run_lm_eval,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    from aloevision.config import TinySpec
+    from aloevision.model.tiny import ensure_tiny
+
+    path = ensure_tiny(tmp_path_factory.mktemp("cache"), dataclasses.asdict(TinySpec()))
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    for k, v in offline_env().items():
+        monkeypatch.setenv(k, v)
+
+
+def _direct_loglik(model, tok, context: str, continuation: str) -> float:
+    """log p(continuation | context), tokenised as lm-eval does (whole string, continuation = the tail)."""
+    import torch
+
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    cont = whole[len(ctx) :]
+    ids = torch.tensor([whole])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
+
+
+def test_demo_medmcqa_on_tiny_model_matches_direct_loglikelihood(tiny):
+    model, tok = tiny
+    results = run_lm_eval(make_hflm(model, tok, batch_size=4), ["demo_medmcqa"], log_samples=True)
+    row = results["results"]["demo_medmcqa"]
+    samples = results["samples"]["demo_medmcqa"]
+    assert row["sample_len"] == 12 and len(samples) == 12
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_medmcqa_utils", TASKS_DIR / "demo_medmcqa" / "utils.py")
+    task_utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task_utils)
+    doc_to_text = task_utils.doc_to_text  # the task's own prompt function
+    correct = 0
+    for s in samples:
+        ctx = doc_to_text(s["doc"])
+        direct = [_direct_loglik(model, tok, ctx, " " + letter) for letter in "ABCD"]
+        harness = [r[0][0] for r in s["resps"]]
+        assert harness == pytest.approx(direct, abs=1e-3)
+        pred = max(range(4), key=lambda i: direct[i])
+        assert s["acc"] == float(pred == s["doc"]["cop"])
+        correct += pred == s["doc"]["cop"]
+    assert row["acc,none"] == pytest.approx(correct / 12)
+    assert metrics_from_results(results) == {"demo_medmcqa": pytest.approx(100 * correct / 12)}
+    assert metrics_from_results(results, {"multimedqa": "demo_medmcqa"}) == {"multimedqa": pytest.approx(100 * correct / 12)}
+
+
+def test_task_reads_another_data_file_from_metadata(tiny, tmp_path):
+    model, tok = tiny
+    data = tmp_path / "three.jsonl"
+    rows = [{"question": f"Q{i}?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": i % 4} for i in range(3)]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    results = run_lm_eval(make_hflm(model, tok), ["demo_medmcqa"], metadata={"data_file": str(data)})
+    assert results["results"]["demo_medmcqa"]["sample_len"] == 3
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 4}))
+    with pytest.raises(ValueError, match="cop=4"):
+        run_lm_eval(make_hflm(model, tok), ["demo_medmcqa"], metadata={"data_file": str(bad)})
+
+
+def test_unknown_task_is_a_clear_error(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="does not know task"):
+        run_lm_eval(make_hflm(model, tok), ["demo_medmcqa_nope"], include_path=TASKS_DIR, include_defaults=False)
+
+
+def test_harness_status_is_honest():
+    assert harness_status("builtin") == "built-in"
+    assert harness_status("lm_eval").startswith("installed (lm_eval 0.4.")
+    for name, module in (("vlmevalkit", "vlmeval"), ("lmms_eval", "lmms_eval")):
+        import importlib.util
+
+        status = harness_status(name)
+        assert status.startswith("not installed" if importlib.util.find_spec(module) is None else "installed")
+    with pytest.raises(ValueError, match="unknown harness"):
+        harness_status("helm")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
