@@ -139,7 +139,13 @@ class TokenCounter:
 
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.backend = self.tokenizer.backend_tokenizer
+        # A private copy of the Rust tokenizer: transformers toggles padding / truncation on the shared one per call
+        # (a collator call leaves batch padding switched on), which would inflate batched counts here.
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self.backend.no_padding()
+        self.backend.no_truncation()
         self.chat_template = training_chat_template(processor)
         self.template_kwargs = dict(self.tokenizer.special_tokens_map)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
