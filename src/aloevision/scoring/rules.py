@@ -1,0 +1,117 @@
+"""A cheap, model-free stand-in for the LVLM tagger: keyword tags + an answer-type consistency score, emitted in the
+exact `MOD[...] ... SQ[n]` line so it goes through the same parser as a model's answer.
+
+What it is for: the CPU demo, whose tiny random model cannot judge anything (its tagging output is noise and every
+sample would be a parse failure), and a baseline to compare an LVLM's tags against. What it is NOT: a coherence
+judge. The score only catches answers whose TYPE does not fit the question:
+
+- empty answer                                           -> SQ 1
+- a modality question answered without any modality       -> SQ 1
+- a "where" question answered without any location word   -> SQ 2
+- a yes/no question answered with neither yes nor no      -> SQ 3 (answers like "There is a mass..." are legitimate)
+- anything else                                           -> SQ 4 (rules can never certify a 5)
+
+The sample's score is its worst question/answer pair. Tags are vocabulary terms and aliases found in the question
+and answer text, in order of first mention; a field with no match gets `Other`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aloevision.scoring.taxonomy import ALIASES, TAG_FIELDS, VOCAB, qa_pairs
+
+# Aliases too ambiguous to match in free text ("us" the pronoun, "echo", "mr" the title, "none").
+_UNSAFE = {"us", "mr", "echo", "gi", "n a", "figure", "plot", "chart", "description", "cause", "detection",
+           "attributes", "treatment", "severity", "procedural", "caption", "head"}
+_MODALITY_Q = re.compile(r"\b(imaging\s+)?modality\b|what\s+(kind|type)\s+of\s+(image|scan|imaging)", re.I)
+_WHERE_Q = re.compile(r"^\s*(where|in which (part|region|side|quadrant))\b", re.I)
+_YESNO_Q = re.compile(r"^\s*(is|are|does|do|did|can|could|was|were|has|have|will|should)\b", re.I)
+_YESNO_A = re.compile(r"\b(yes|no|not|none|absent|present)\b", re.I)
+_LOCATION_A = re.compile(
+    r"\b(left|right|upper|lower|superior|inferior|anterior|posterior|medial|lateral|central|centre|center|middle|"
+    r"top|bottom|region|lobe|quadrant|side|apex|base|proximal|distal)\b|<\|box_start\|>", re.I)
+_DESCRIBE_Q = re.compile(r"\b(describe|description|caption|what (does|do) .* show)\b", re.I)
+# A specific body part implies its general body part and a likely field (first match wins).
+_SBP_TO_GBP = {"Brain": "Head", "Eyes": "Head", "Ears": "Head", "Nose": "Head", "Teeth": "Head", "Throat": "Neck",
+               "Lungs": "Thorax", "Heart": "Thorax", "Breasts": "Thorax", "Stomach": "Abdomen", "Intestines": "Abdomen",
+               "Liver": "Abdomen", "Pancreas": "Abdomen", "Spleen": "Abdomen", "Kidneys": "Abdomen",
+               "Pelvis": "Pelvis", "Reproductive Organs": "Pelvis", "Spine": "Thorax"}
+_SBP_TO_MED = {"Brain": "Neurology", "Eyes": "Ophthalmology", "Teeth": "Dentistry", "Lungs": "Pulmonology",
+               "Heart": "Cardiology", "Skin": "Dermatology", "Bones": "Orthopedics", "Spine": "Orthopedics",
+               "Joints": "Orthopedics", "Stomach": "Gastroenterology", "Intestines": "Gastroenterology",
+               "Liver": "Gastroenterology", "Pancreas": "Gastroenterology", "Kidneys": "Nephrology",
+               "Blood Vessels": "Cardiology", "Cell": "Pathology", "Breasts": "Oncology",
+               "Reproductive Organs": "Obstetrics & Gyn."}
+
+
+def _patterns() -> dict[str, list[tuple[re.Pattern, str]]]:
+    out: dict[str, list[tuple[re.Pattern, str]]] = {}
+    for f in TAG_FIELDS:
+        terms = {t: t for t in VOCAB[f] if t != "Other"}
+        terms.update({a: c for a, c in ALIASES[f].items() if a not in _UNSAFE})
+        pats = []
+        for term, canon in terms.items():
+            words = [re.escape(w) for w in re.split(r"[\s\-]+", term.strip(" .")) if w]
+            if not words:
+                continue
+            pats.append((re.compile(r"(?<![A-Za-z])" + r"[\s\-]*".join(words) + r"s?(?![A-Za-z])", re.I), canon))
+        out[f] = pats
+    return out
+
+
+_PATTERNS = _patterns()
+
+
+def keyword_tags(text: str) -> dict[str, list[str]]:
+    """Vocabulary tags mentioned in `text`, per field, in order of first mention (no `Other`)."""
+    tags: dict[str, list[str]] = {}
+    for f, pats in _PATTERNS.items():
+        hits: dict[str, int] = {}
+        for pat, canon in pats:
+            m = pat.search(text)
+            if m and (canon not in hits or m.start() < hits[canon]):
+                hits[canon] = m.start()
+        tags[f] = sorted(hits, key=hits.get)
+    return tags
+
+
+def pair_score(question: str, answer: str) -> tuple[int, str]:
+    """Score one question/answer pair and say which rule decided it."""
+    if not answer.strip():
+        return 1, "empty answer"
+    if _MODALITY_Q.search(question) and not keyword_tags(answer)["MOD"]:
+        return 1, "modality question, no modality in answer"
+    if _WHERE_Q.search(question) and not _LOCATION_A.search(answer):
+        return 2, "location question, no location in answer"
+    if _YESNO_Q.search(question) and " or " not in question.lower() and not _YESNO_A.search(answer):
+        return 3, "yes/no question, neither in answer"
+    return 4, "no rule fired"
+
+
+def sample_type(question: str) -> str:
+    if _MODALITY_Q.search(question):
+        return "Modality ID"
+    if _DESCRIBE_Q.search(question):
+        return "Image Description"
+    if _WHERE_Q.search(question) or _YESNO_Q.search(question):
+        return "Abnormality Detection"
+    return "Other"
+
+
+def rules_output(messages: list[dict], n_images: int) -> str:
+    """The tagging line for a conversation, as an LVLM following Appendix A.1 would write it."""
+    pairs = qa_pairs(messages) or [("", "")]
+    text = "\n".join(f"{q}\n{a}" for q, a in pairs)
+    tags = keyword_tags(text)
+    sbp = tags["SBP"]
+    if not tags["GBP"]:
+        tags["GBP"] = list(dict.fromkeys(_SBP_TO_GBP[s] for s in sbp if s in _SBP_TO_GBP))
+    if not tags["MED"]:
+        tags["MED"] = list(dict.fromkeys(_SBP_TO_MED[s] for s in sbp if s in _SBP_TO_MED))
+    if n_images == 0 and not tags["MOD"]:
+        tags["MOD"] = ["Other"]
+    tags["ST"] = list(dict.fromkeys(sample_type(q) for q, _ in pairs))
+    score = min(pair_score(q, a)[0] for q, a in pairs)
+    fields = " ".join(f"{f}[{', '.join(tags[f] or ['Other'])}]" for f in TAG_FIELDS)
+    return f"{fields} SQ[{score}]"
