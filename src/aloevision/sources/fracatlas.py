@@ -141,7 +141,7 @@ def read(src) -> Iterator[Sample | Drop]:
             answer = ans_norm
         meta = {"label": label_, "boxes": [list(b) for b in boxes], "file_name": name}
         for k, v in rec.items():
-            if k != "image_id":
+            if k not in ("image_id", "id"):
                 meta[k] = _flag(v)
         for k in BODY_PARTS:
             meta.setdefault(k, 0)
@@ -153,5 +153,10 @@ def read(src) -> Iterator[Sample | Drop]:
         ]
         return ctx.sample(Path(name).stem, messages, [ref], meta)
 
-    records = ((csv_path.stem, i, r) for i, r in enumerate(read_file(csv_path)))
+    def with_id(r):  # drops and samples share the id <source>/<image stem>
+        if isinstance(r, dict) and r.get("image_id"):
+            return {"id": Path(str(r["image_id"]).strip()).stem, **r}
+        return r
+
+    records = ((csv_path.stem, i, with_id(r)) for i, r in enumerate(read_file(csv_path)))
     return run_adapter(ctx, records, convert)
