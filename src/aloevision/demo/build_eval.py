@@ -16,7 +16,7 @@ import base64
 
 from aloevision.demo.context import BuildContext
 from aloevision.demo.images import encode
-from aloevision.demo.qa import TEXT_FACTS, random_scene
+from aloevision.demo.qa import TEXT_FACTS, article, random_scene
 from aloevision.demo.vocabulary import MODALITIES, POSITIONS
 
 LETTERS = "ABCD"
@@ -62,7 +62,7 @@ def build_probmed(ctx: BuildContext, n_images: int = 12) -> None:
         wrong_mod = [m for m in MODALITIES if m != s.modality][int(rng.integers(3))]
         wrong_pos = [p for p in POSITIONS if p != s.position][int(rng.integers(3))]
         pairs = [
-            ("modality", f"Is this a {s.modality} image?", f"Is this a {wrong_mod} image?"),
+            ("modality", f"Is this {article(s.modality)} image?", f"Is this {article(wrong_mod)} image?"),
             ("abnormality", f"Is there a {s.finding} in the {s.position} region?", f"Is there a {s.finding} in the {wrong_pos} region?"),
         ]
         for qa_type, q_true, q_adv in pairs:

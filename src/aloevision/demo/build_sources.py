@@ -1,7 +1,7 @@
 """Demo versions of every training source, each in its NATIVE record format and file layout (datasets.md §1-9),
-under `<demo>/sources/<name>/`. Defects that later stages must find are planted here and recorded in PLANTED.json.
+under `<demo>/<name>/` (conf/source/<name>.yaml points at `${paths.data_dir}/<name>`). Defects that later stages must find are planted here and recorded in PLANTED.json.
 
-Layouts (paths relative to `<demo>/sources/<name>/`):
+Layouts (paths relative to `<demo>/<name>/`; they follow the DEFAULT_FILES / DEFAULT_IMAGES of the adapters):
   pubmedvision/  PubMedVision_Alignment_VQA.json; images_0.zip, images_1.zip (members `images/pmc_<n>_<k>.jpg`)
   medmax/        train.jsonl (`text` with `<image>` and MEDMAX_SEPARATOR between prompt and answer); images.tar.gz.aa/.ab
   mecovqa/       MeCoVQA_Complex+Region_VQA_train+Public_VQA.json, MeCoVQA_Grounding_train.json;
@@ -9,7 +9,8 @@ Layouts (paths relative to `<demo>/sources/<name>/`):
   medgrit/       MedGRIT_demo_train_chatlm_img_coord.json ([question, answer] pairs); images/<id>.png
   medtrinity/    25M_full/train-00000-of-00001.parquet (file_name, caption, source, id); 25M_accessible/shard_00000.tar.zst
   cambrian/      jsons/Cambrian10M.jsonl; coco.tar.gz, pathvqa.tar.gz (members `coco/...`, `pathvqa/...`)
-  aloe_medical/  aloe_beta_medical_collection.json;   aloe_general/  general_collection_demo.json
+  aloe_text/     aloe_beta_medical_collection.json (medical; the demo mixture's `aloe_text`)
+  aloe_general/  general_collection_demo.json (Aloe-Beta-General-Collection-like; not in the demo mixture)
   magpie/        data/train-00000-of-00001.parquet (`conversation`); top_300k_shorter_conversations/train-...parquet (`messages`)
   fracatlas/     images/Fractured|Non_fractured/IMG*.jpg; Annotations/COCO JSON/COCO_fracture_masks.json,
                  Annotations/PASCAL VOC/IMG*.xml, Annotations/YOLO/IMG*.txt; dataset.csv
@@ -28,7 +29,7 @@ from PIL import Image
 from aloevision.demo.archives import write_split, write_tar_gz, write_tar_zst, write_zip
 from aloevision.demo.context import BuildContext
 from aloevision.demo.images import encode, in_mode, make_fracture_xray, make_photo
-from aloevision.demo.qa import MODALITY_LONG, MODALITY_STEM, TEXT_FACTS, caption, long_caption, qa_pairs, random_scene
+from aloevision.demo.qa import MODALITY_LONG, article, MODALITY_STEM, TEXT_FACTS, caption, long_caption, qa_pairs, random_scene
 from aloevision.demo.vocabulary import BODY_PARTS, COLORS, GENERAL_TOPICS, SHAPES
 
 # How a MedMax `text` separates the prompt from the response. The real separator is token 8710 (`<reserved08706>`)
@@ -70,7 +71,7 @@ def _conv(q: str, a: str) -> list[dict[str, str]]:
 
 # ----------------------------------------------------------------------------------------------------- PubMedVision
 def build_pubmedvision(ctx: BuildContext, n: int = 30) -> None:
-    base = "sources/pubmedvision"
+    base = "pubmedvision"
     records, zips = [], [{}, {}]
     for i in range(n):
         rng = ctx.rng("pubmedvision", i)
@@ -120,7 +121,7 @@ def build_pubmedvision(ctx: BuildContext, n: int = 30) -> None:
 
 # ----------------------------------------------------------------------------------------------------------- MedMax
 def build_medmax(ctx: BuildContext, n: int = 30) -> None:
-    base = "sources/medmax"
+    base = "medmax"
     rows, members = [], {}
     tasks = ["VQA", "Image Captioning", "Visual Chat", "Report Understanding"]
     sources = ["pmc_vqa", "slake", "quilt", "mimic_cxr"]
@@ -150,7 +151,7 @@ def build_medmax(ctx: BuildContext, n: int = 30) -> None:
                       eval_id=leak["id"], eval_file=leak["file"], phash_distance=0)
         if i in (10, 11):  # generation tasks: the answer is an image -> understanding-only SFT must drop them
             row["task"] = "Image Generation" if i == 10 else "Multimodal Generation"
-            row["text"] = f"Generate a {s.modality} image of the {s.organ}.{MEDMAX_SEPARATOR}<image>"
+            row["text"] = f"Generate {article(s.modality)} image of the {s.organ}.{MEDMAX_SEPARATOR}<image>"
             ctx.plant("generation_task", **where, task=row["task"])
         if i == 12:  # credentialed row: no image or tokens shipped
             row.update(image_path=None, tokens=[], credential="yes", source="mimic_cxr")
@@ -178,7 +179,7 @@ def _mask_png(size: tuple[int, int], box: tuple[int, int, int, int] | None) -> b
 
 
 def build_mecovqa(ctx: BuildContext, n: int = 30) -> None:
-    base = "sources/mecovqa"
+    base = "mecovqa"
     vqa, grounding, index = [], [], {}
     modes = {2: "I;16", 3: "RGB", 4: "P", 5: "LA", 6: "RGBA"}
     for i in range(n):
@@ -244,7 +245,7 @@ def _fmt_box(b, as_float: bool) -> str:
 
 
 def build_medgrit(ctx: BuildContext, n: int = 30) -> None:
-    base = "sources/medgrit"
+    base = "medgrit"
     records = []
     for i in range(n):
         rng = ctx.rng("medgrit", i)
@@ -264,7 +265,7 @@ def build_medgrit(ctx: BuildContext, n: int = 30) -> None:
             pairs = [[f"{img}Describe the image with the location of each finding.",
                       f"This {s.modality} image of the {s.organ} shows a <ref>{s.finding}</ref><box>{box}</box> in the {s.position} region."]]
         else:
-            pairs = [[f"{img}What imaging modality is this?", f"This is a {s.modality} image."],
+            pairs = [[f"{img}What imaging modality is this?", f"This is {article(s.modality)} image."],
                      ["Where is the finding located?", f"The {s.finding} is in the {s.position} region."]]
         records.append({"id": rid, "conversations": pairs})
         ctx.expect("medgrit", rid, box_1000=list(s.scan.box_1000()), task=task,
@@ -291,7 +292,7 @@ def _reencoded_leak(ctx: BuildContext) -> tuple[dict, bytes, int]:
 
 
 def build_medtrinity(ctx: BuildContext, n: int = 30) -> None:
-    base = "sources/medtrinity"
+    base = "medtrinity"
     rows, members = [], {}
     srcs = ["deeplesion", "brats", "nih_chest", "pmc_oa"]
     for i in range(n):
@@ -321,7 +322,7 @@ def build_medtrinity(ctx: BuildContext, n: int = 30) -> None:
 
 # --------------------------------------------------------------------------------------------------------- Cambrian
 def build_cambrian(ctx: BuildContext, n: int = 30) -> None:
-    base = "sources/cambrian"
+    base = "cambrian"
     rows, tars = [], {"coco": {}, "pathvqa": {}}
     text_only = {20: "missing", 21: None, 22: "None", 23: "nan", 24: None}
     for i in range(n):
@@ -370,7 +371,7 @@ def build_aloe(ctx: BuildContext) -> None:
             conv = [{"from": "system", "value": SYSTEM_PROMPT}] if rep == 0 else []
             conv += _conv(q, f"The answer is {correct}. {expl}")
             med.append({"id": f"aloe_med_{rep}_{j}", "conversations": conv})
-    where = {"source": "aloe_medical", "data_file": "sources/aloe_medical/aloe_beta_medical_collection.json"}
+    where = {"source": "aloe_text", "data_file": "aloe_text/aloe_beta_medical_collection.json"}
     med.append({"id": "aloe_med_bad_0", "conversations": [{"from": "human", "value": "Which organ makes bile?"},
                                                           {"from": "human", "value": "Please answer."},
                                                           {"from": "gpt", "value": "The liver."}]})
@@ -380,8 +381,8 @@ def build_aloe(ctx: BuildContext) -> None:
     ctx.plant("no_assistant_turn", **where, record="aloe_med_bad_1", row=len(med) - 1)
     med.append({"id": "aloe_med_bad_2", "conversations": _conv("Which organ filters the blood to make urine?", "")})
     ctx.plant("empty_turn", **where, record="aloe_med_bad_2", row=len(med) - 1)
-    ctx.write_json("sources/aloe_medical/aloe_beta_medical_collection.json", med)
-    ctx.register_source("aloe_medical", path="sources/aloe_medical", files=["aloe_beta_medical_collection.json"])
+    ctx.write_json("aloe_text/aloe_beta_medical_collection.json", med)
+    ctx.register_source("aloe_text", path="aloe_text", files=["aloe_beta_medical_collection.json"])
 
     gen = []
     for j, topic in enumerate(GENERAL_TOPICS * 4):
@@ -389,13 +390,13 @@ def build_aloe(ctx: BuildContext) -> None:
         if j % 3 == 0:
             conv = [{"from": "system", "value": "You are a helpful assistant."}] + conv
         gen.append({"id": f"aloe_gen_{j}", "conversations": conv})
-    ctx.write_json("sources/aloe_general/general_collection_demo.json", gen)
-    ctx.register_source("aloe_general", path="sources/aloe_general", files=["general_collection_demo.json"])
+    ctx.write_json("aloe_general/general_collection_demo.json", gen)
+    ctx.register_source("aloe_general", path="aloe_general", files=["general_collection_demo.json"])
 
 
 # ----------------------------------------------------------------------------------------------------------- Magpie
 def build_magpie(ctx: BuildContext, n: int = 24) -> None:
-    base = "sources/magpie"
+    base = "magpie"
     rows = []
     for i in range(n):
         topic = GENERAL_TOPICS[i % len(GENERAL_TOPICS)]
@@ -420,7 +421,7 @@ def build_magpie(ctx: BuildContext, n: int = 24) -> None:
 
 # -------------------------------------------------------------------------------------------------------- FracAtlas
 def build_fracatlas(ctx: BuildContext, n: int = 30, n_fractured: int = 12) -> None:
-    base = "sources/fracatlas"
+    base = "fracatlas"
     coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "fractured", "supercategory": "none"}]}
     csv_rows = []
     regions = ["hand", "leg", "hip", "shoulder"]

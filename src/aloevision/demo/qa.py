@@ -33,6 +33,11 @@ TEXT_FACTS: list[tuple[str, str, list[str], str]] = [
 ]
 
 
+def article(word: str) -> str:
+    """'a CT', 'an MRI', 'an X-ray', 'an Ultrasound' (by sound: the modality acronyms start with a vowel sound)."""
+    return ("an " if word[0] in "AEIOUMXaeiou" else "a ") + word
+
+
 @dataclass
 class Scene:
     scan: Scan
@@ -72,7 +77,7 @@ def caption(s: Scene) -> str:
 
 def long_caption(s: Scene) -> str:
     """MedTrinity-style multigranular description (modality, organ, ROI location and size in prose, no numbers box)."""
-    base = f"The image is a {s.modality} scan of the {s.organ}."
+    base = f"The image is {article(s.modality)} scan of the {s.organ}."
     if s.position is None:
         return base + " No region of interest is seen; this is a normal study with no acute findings."
     w, h = s.scan.image.size
@@ -87,7 +92,7 @@ def long_caption(s: Scene) -> str:
 def qa_pairs(s: Scene) -> list[tuple[str, str]]:
     """All answerable (question, answer) pairs about a scene."""
     out = [
-        ("What imaging modality is this?", f"This is a {s.modality} image."),
+        ("What imaging modality is this?", f"This is {article(s.modality)} image."),
         (f"Is there a {s.finding} in this image?", "Yes." if s.position else "No."),
         ("Describe the image.", caption(s)),
     ]
