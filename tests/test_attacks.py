@@ -25,7 +25,9 @@ from aloevision.adversarial.attacks import (
     BaseItem,
     attack_sample,
     prepare_image,
+    draw_legend,
     render,
+    safe_name,
     to_px,
 )
 from aloevision.adversarial.heart import (
@@ -140,6 +142,20 @@ def test_detection_legend_outlines_the_wrong_box():
     tx0, ty0, tx1, ty1 = to_px(item.box, att.image.size)
     assert not region_mask(diff.shape, [key])[ty0:ty1, tx0:tx1].any()
     assert att.prompt == item.question and att.misleading["text"] == "lesion"
+
+
+def test_legend_tag_never_covers_the_box_it_labels():
+    cfg = AttackConfig()
+    for box in ([40, 0, 120, 30], [40, 200, 120, 256], [40, 100, 120, 140]):  # at the top, bottom, middle
+        im = prepare_image(scan(320, 256), cfg)
+        outline, tag, key = draw_legend(im, "lesion", cfg, [], box)
+        assert outline == box
+        overlap = min(tag[2], box[2]) - max(tag[0], box[0]) > 0 and min(tag[3], box[3]) - max(tag[1], box[1]) > 0
+        assert not overlap, (box, tag)
+
+
+def test_image_names_are_unique_per_id():
+    assert safe_name("a/b#c") != safe_name("a_b_c") and safe_name("a/b") == safe_name("a/b")
 
 
 def test_classification_legend_is_a_corner_key():

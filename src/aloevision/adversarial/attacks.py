@@ -377,7 +377,8 @@ def draw_legend(
         regions.append([x0, y0, x1, y1])
         asc, desc = font.getmetrics()
         tag_h = asc + desc + 2 * max(2, font.size // 4)
-        ty = y0 - tag_h if y0 - tag_h >= 0 else y0 + lw
+        # Above the box; else below it; else just inside its top edge (a box spanning the whole height).
+        ty = y0 - tag_h if y0 - tag_h >= 0 else y1 if y1 + tag_h <= size[1] else y0 + lw
         regions.append(_tag(draw, (x0, ty), text, font, size))
     # Measure the key on a scratch canvas, then place it in the corner clear of the truth and of what is drawn.
     scratch = Image.new("RGB", size)
@@ -447,7 +448,9 @@ def _check_no_leak(item: BaseItem, misleading: dict[str, Any], cfg: AttackConfig
 
 
 def safe_name(sample_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+    """A file name for a sample id; the hash suffix keeps ids that differ only in replaced characters apart."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)[:150]
+    return f"{stem}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
 
 
 def save_png(im: Image.Image, path: Path) -> None:
