@@ -40,6 +40,7 @@ from aloevision.adversarial.heart import (
     score_heart,
     score_heart_counts,
 )
+from aloevision.adversarial.heart_sources import demo_heart_sources, load_base_items, write_base_items
 from aloevision.adversarial.matching import IoURule, find_labels, iou, label_correct, parse_boxes
 from aloevision.schema import Sample, image_part, text_part, turn
 
@@ -364,6 +365,29 @@ def test_heart_layout_and_scoring(tmp_path):
     lines = table.splitlines()
     assert len(lines) == 5 and lines[0].count("|") == 11
     assert "| tiny (demo) (measured) | 100.0 |" in table and "59.6 | 2.3 | 15.0 | 41.6 | 69.1" in table
+
+
+def test_heart_sources_roundtrip_and_demo(tmp_path):
+    sources = demo_heart_sources(tmp_path / "src", n=4)
+    assert {k: len(v) for k, v in sources.items()} == {"demo_modality": 4, "demo_finding": 4}
+    loaded, drops = load_base_items(tmp_path / "src" / "demo_finding.jsonl", "demo_finding")
+    assert not drops and [(i.id, i.boxes, i.image) for i in loaded] == \
+        [(i.id, i.boxes, i.image) for i in sources["demo_finding"]]
+    # relative image paths resolve against the JSONL's folder; broken lines become counted drops
+    (tmp_path / "rel").mkdir()
+    scan(64, 64).save(tmp_path / "rel" / "a.png")
+    (tmp_path / "rel" / "items.jsonl").write_text(
+        json.dumps({"id": "r/1", "image": "a.png", "task": "classification", "question": "q?", "label": "a",
+                    "labels": ["a", "b"]}) + "\n{not json\n"
+        + json.dumps({"id": "r/3", "image": "a.png", "task": "detection", "question": "q?", "boxes": [[5, 5, 1, 1]]})
+        + "\n")
+    items, drops = load_base_items(tmp_path / "rel" / "items.jsonl", "rel")
+    assert [i.image for i in items] == [str(tmp_path / "rel" / "a.png")]
+    assert [d.reason for d in drops] == ["malformed_record", "malformed_record"] and drops[1].id == "r/3"
+    write_base_items(items, tmp_path / "rel" / "again.jsonl")
+    assert load_base_items(tmp_path / "rel" / "again.jsonl", "rel")[0][0].label == "a"
+    res = build_heart(sources, tmp_path / "heart")
+    assert len(res.samples) == 4 * 4 + 4 * 5 and all(Path(s.images[0]).is_file() for s in res.samples)
 
 
 def test_iou_rule_edge_cases():

@@ -168,7 +168,8 @@ def format_table4(measured: Mapping[str, Mapping[str, float]], paper_rows: Seque
     (row name -> score_heart output)."""
     paper = load_paper_table4()
     cols = [(t, c) for t, cs in TABLE4_COLUMNS.items() for c in cs]
-    head = "| model | " + " | ".join(f"{t[:3]}. {c.capitalize()}" for t, c in cols) + " |"
+    head = "| model | " + " | ".join(f"{'Cls' if t == 'classification' else 'Det'} {c.capitalize()}"
+                                     for t, c in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
 
     def cell(v: Any) -> str:
@@ -183,3 +184,27 @@ def format_table4(measured: Mapping[str, Mapping[str, float]], paper_rows: Seque
         vals = [scores.get(f"heart/{t}/{c}") for t, c in cols]
         lines.append(f"| {name} (measured) | " + " | ".join(cell(v) for v in vals) + " |")
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m aloevision.adversarial.heart OUT_DIR``: build the demo HEART benchmark and show its layout."""
+    import argparse
+
+    from aloevision.adversarial.heart_sources import demo_heart_sources
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("out_dir")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    res = build_heart(demo_heart_sources(Path(args.out_dir) / "sources", args.n), args.out_dir,
+                      attack_cfg=AttackConfig(seed=args.seed))
+    counts = score_heart_counts(res.samples, {}, missing="wrong")
+    print(f"{res.jsonl}: {len(res.samples)} samples, {len(res.drops)} drops")
+    for k, c in counts.items():
+        print(f"  {k:<28} {c['n']:>4}")
+    print(format_table4({}, paper_rows=["Random", "Aloe-Vision-7B-S1", "Aloe-Vision-7B-S2"]))
+
+
+if __name__ == "__main__":
+    main()
