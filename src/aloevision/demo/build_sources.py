@@ -29,7 +29,9 @@ from PIL import Image
 from aloevision.demo.archives import write_split, write_tar_gz, write_tar_zst, write_zip
 from aloevision.demo.context import BuildContext
 from aloevision.demo.images import encode, in_mode, make_fracture_xray, make_photo
-from aloevision.demo.qa import MODALITY_LONG, article, MODALITY_STEM, TEXT_FACTS, caption, long_caption, qa_pairs, random_scene
+from aloevision.demo.qa import (
+    MODALITY_LONG, MODALITY_STEM, TEXT_FACTS, article, caption, long_caption, qa_pairs, random_scene,
+)
 from aloevision.demo.vocabulary import BODY_PARTS, COLORS, GENERAL_TOPICS, SHAPES
 
 # How a MedMax `text` separates the prompt from the response. The real separator is token 8710 (`<reserved08706>`)
@@ -181,7 +183,7 @@ def _mask_png(size: tuple[int, int], box: tuple[int, int, int, int] | None) -> b
 def build_mecovqa(ctx: BuildContext, n: int = 30) -> None:
     base = "mecovqa"
     vqa, grounding, index = [], [], {}
-    modes = {2: "I;16", 3: "RGB", 4: "P", 5: "LA", 6: "RGBA"}
+    modes = {1: "L", 2: "I;16", 3: "RGB", 4: "P", 5: "LA", 6: "RGBA"}
     for i in range(n):
         rng = ctx.rng("mecovqa", i)
         s = random_scene(rng, size=(_pick(rng, [96, 128]), 128), p_normal=0.0)
