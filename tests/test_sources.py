@@ -469,3 +469,57 @@ def test_nan_literal_in_jsonl_is_text_only(tmp_path):
     (tmp_path / "jsons" / "Cambrian10M.jsonl").write_text(line + "\n")
     samples, _ = run(src("cambrian", "cambrian", tmp_path))
     assert samples["cambrian/n"].images == [] and math.isnan(json.loads(line)["image"])
+
+
+def test_medgrit_task_inferred_in_mixed_files(tmp_path):
+    (tmp_path / "images").mkdir()
+    for stem in ("ct_1", "ct_2", "ct_3", "ct_4"):
+        (tmp_path / "images" / f"{stem}.png").write_bytes(png())
+    img = lambda s: f"<img>images/{s}.png</img> "
+    rows = [
+        {"id": "ct_1", "conversations": [[img("ct_1") + "Locate <ref>it</ref>.", "<ref>it</ref><box>(1,2),(3,4)</box>"]]},
+        {"id": "ct_2", "conversations": [[img("ct_2") + "What is <box>(1,2),(3,4)</box>?", "A cyst."]]},
+        {"id": "ct_3", "conversations": [[img("ct_3") + "Describe.", "A <ref>cyst</ref><box>(1,2),(3,4)</box> left."]]},
+        {"id": "ct_4", "conversations": [[img("ct_4") + "Modality?", "CT."]]},
+    ]
+    (tmp_path / "0301_CombinedAll_7.5w_train1_chatlm_img_coord2.json").write_text(json.dumps(rows))
+    samples, _ = run(src("medgrit", "medgrit", tmp_path))
+    assert {k: s.meta["task"] for k, s in samples.items()} == {
+        "medgrit/ct_1": "VG", "medgrit/ct_2": "RO", "medgrit/ct_3": "GC", "medgrit/ct_4": "MII"}
+
+
+# Planted defect kind (demo generator) -> the drop reason the adapters + cleaning give it. Random bytes behind a
+# .jpg name are "unreadable_image" here (Pillow cannot identify them); "corrupt_image" is for damaged real images.
+PLANTED_REASON = {
+    "corrupt_image": "unreadable_image", "missing_image": "missing_image", "too_many_images": "too_many_images",
+    "truncated_image": "truncated_image", "generation_task": "generation_task",
+    "credential_no_image": "credentialed_image", "too_small_image": "image_too_small",
+    "decompression_bomb": "decompression_bomb", "empty_mask": "empty_mask", "path_escape": "path_escape",
+    "empty_turn": "empty_turn", "no_assistant_turn": "no_assistant_turn",
+    "non_alternating_turns": "non_alternating_turns",
+}
+
+
+def test_demo_data_reads_with_default_settings(demo_dir):
+    """Every source config, with its default files/images, reads the demo generator's native trees; every planted
+    defect is dropped with its reason and nothing else is dropped."""
+    from aloevision.cleaning import DropCounter, clean, default_rules
+
+    planted = json.loads((demo_dir / "PLANTED.json").read_text())
+    counter = DropCounter(examples=100)
+    for conf in sorted((REPO / "conf" / "source").glob("*.yaml")):
+        raw = OmegaConf.load(conf)
+        raw.pop("defaults", None)
+        raw.path = str(demo_dir / conf.stem)
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SourceConfig), raw))
+        out = list(counter.count(clean(read_source(cfg), default_rules(roots=[cfg.path]))))
+        assert any(isinstance(o, Sample) for o in out), conf.stem
+    report = counter.to_dict()
+    expected: dict[tuple[str, str], int] = {}
+    for p in planted:
+        if p["kind"] in PLANTED_REASON:
+            key = (p["source"], PLANTED_REASON[p["kind"]])
+            expected[key] = expected.get(key, 0) + 1
+    got = {(s, r): n for s, v in report.items() for r, n in v["drops"].items()}
+    assert got == expected
+

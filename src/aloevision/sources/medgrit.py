@@ -13,7 +13,7 @@ opened as is); if it is not found, ``<id>.png`` is tried. A record without any `
 Boxes: ``<ref>p</ref><box>(x1,y1),(x2,y2)</box>`` -> ``<|object_ref_start|>p<|object_ref_end|><|box_start|>...``.
 Scale (UNCERTAIN in datasets.md): a box whose numbers have a decimal point and are all <= 1 is 0-1 normalised
 (x1000); otherwise it is on Qwen-VL's 0-1000 grid. Values off both scales drop the record as ``bad_box``.
-``meta``: task (record field, else VG/RO/ROC/GC/MII from the file name), image_modality (from the id prefix), file.
+``meta``: task (record field, else VG/RO/ROC/GC/MII from the file name, else inferred from where boxes are), image_modality (from the id prefix), file.
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ def turns_of(conv) -> list[tuple[str, str]]:
     return conversations_to_turns(conv)
 
 
+def infer_task(turns: list[tuple[str, str]]) -> str:
+    """Task of a record in a mixed file (CombinedAll): a box in a question = RO (referring object classification);
+    an answer that is only ref+box = VG; an answer with boxes inside prose = GC; no box = MII (image level)."""
+    if any(r == "user" and "<box>" in t for r, t in turns):
+        return "RO"
+    answers = [t for r, t in turns if r == "assistant" and "<box>" in t]
+    if not answers:
+        return "MII"
+    bare = [re.sub(r"<ref>.*?</ref>|<box>.*?</box>|[\s,.;]", "", t, flags=re.S) for t in answers]
+    return "VG" if not any(bare) else "GC"
+
+
 def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
     sid = native_id(rec, f"{label}:{i}")
     turns = turns_of(rec.get("conversations"))
@@ -77,7 +89,7 @@ def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
     task = rec.get("task")
     if not task:
         m = TASK_RE.search(label)
-        task = m.group(1) if m else None
+        task = m.group(1) if m else infer_task(turns)
     meta = {"file": label}
     if task:
         meta["task"] = task
