@@ -228,7 +228,10 @@ def test_16bit_greyscale_and_tiny_images(tmp_path):
     im16.save(path16)
     s = attack_sample(cls_item(image=str(path16)), "captions", tmp_path / "out", source="demo")
     att = Image.open(s.images[0])
-    assert att.mode == "RGB" and min(att.size) == 224  # upscaled from 150 to the 224 minimum
+    assert min(att.size) == 224  # upscaled from 150 to the 224 minimum
+    # grey scan + black/white banner is stored as 8-bit greyscale, pixel-identical to what was rendered
+    assert att.mode == "L" and np.array_equal(np.asarray(att.convert("RGB")),
+                                              np.asarray(render(cls_item(image=im16), "captions").image))
     # tiny image: upscaled so a >= 12 px font fits; the banner stays within its height budget
     tiny = scan(12, 9, seed=5)
     cfg = AttackConfig()
@@ -317,6 +320,15 @@ def test_ar_set_build_matches_the_counts_table(tmp_path):
         else:
             assert [list(b) for b in parse_boxes(ans)] == r.meta["truth"]["boxes"]
     assert len((tmp_path / "ar" / "drops.jsonl").read_text().splitlines()) == 3
+    # variants that draw nothing share the item's one clean image; drawn variants get their own file
+    by_item: dict[str, dict[str, str]] = {}
+    for r in rows:
+        by_item.setdefault(r.meta["base_id"], {})[r.meta["attack"]] = r.images[0]
+    c = by_item["fracatlas/IMG0000000"]
+    assert c["base"] == c["prompt"] == c["sycophancy"] != c["captions"]
+    assert len(list((tmp_path / "ar" / "images").iterdir())) == len({r.images[0] for r in rows})
+    legend = next(r for r in rows if r.meta["attack"] == "legends")
+    assert Image.open(legend.images[0]).mode == "RGB"  # the coloured legend keeps its colour
 
 
 # --------------------------------------------------------------------------------------------------- HEART

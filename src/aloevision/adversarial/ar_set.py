@@ -215,6 +215,7 @@ def build_ar_set(
     counts = {k: 0 for k in ar_set_counts(0, 0, 0, recipe) if k != "total"}
     drops = list(drops)
     tmp = out / f".ar_set.jsonl.{os.getpid()}.tmp"
+    clean_images: dict[str, str] = {}  # unattacked images written once per item
     prepared: tuple[str, Any] | None = None  # the last prepared image, reused by the item's other variants
     with open(tmp, "w", encoding="utf-8") as f:
         for it, v, k in plan:
@@ -223,7 +224,7 @@ def build_ar_set(
                     prepared = (it.id, prepare_image(it.image, cfg))
                 sid = f"{source}/{it.id}/{v}" + (f"/{k}" if k else "")
                 s = attack_sample(it, v, image_dir, source=source, cfg=cfg, sample_id=sid, image=prepared[1],
-                                  extra_meta={"ar_variant_index": k})
+                                  extra_meta={"ar_variant_index": k}, clean_images=clean_images)
             except Exception as e:  # an unreadable image is counted, never fatal for the whole set
                 from aloevision.images import ImageError
 

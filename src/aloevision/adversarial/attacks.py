@@ -127,6 +127,8 @@ class AttackConfig:
     banner_position: str = "auto"  # auto (the side overlapping the truth boxes least) | top | bottom
     max_wrong_iou: float = 0.1  # a misleading box overlaps every truth box by less than this
     legend_color: tuple[int, int, int] = (255, 32, 32)
+    max_pixels: int | None = None  # downscale larger images first (e.g. the model's max_pixels: store what it sees)
+    png_compress_level: int = 1  # zlib level: 1 is ~5x faster than Pillow's 6 on large scans, files ~10% larger
     # Templates; one is picked per item by the seeded RNG. {label}: a label's display name; {box}: a Qwen2-VL box;
     # {box_plain}: its coordinates without special tokens; {object}; {question}.
     sycophancy_classification: tuple[str, ...] = (
@@ -221,6 +223,10 @@ def prepare_image(image: Any, cfg: AttackConfig) -> Image.Image:
     im = to_rgb(load_image(image))
     im = im.copy() if im.mode == "RGB" else im.convert("RGB")
     w, h = im.size
+    if cfg.max_pixels and w * h > cfg.max_pixels:
+        s = (cfg.max_pixels / (w * h)) ** 0.5
+        im = im.resize((max(1, int(w * s)), max(1, int(h * s))), Image.Resampling.LANCZOS)
+        w, h = im.size
     if min(w, h) < cfg.min_side:
         s = cfg.min_side / min(w, h)
         im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
@@ -453,22 +459,34 @@ def safe_name(sample_id: str) -> str:
     return f"{stem}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
 
 
-def save_png(im: Image.Image, path: Path) -> None:
-    """Atomic, deterministic PNG write (no timestamps or text chunks)."""
+def save_png(im: Image.Image, path: Path, compress_level: int = 1) -> None:
+    """Atomic, deterministic PNG write (no timestamps or text chunks). An RGB image whose channels are all equal
+    (a greyscale scan with black-and-white text) is stored as 8-bit greyscale: same pixels, 3x less to encode."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if im.mode == "RGB":
+        r, g, b = im.split()
+        if r.tobytes() == g.tobytes() == b.tobytes():
+            im = r
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    im.save(tmp, format="PNG")
+    im.save(tmp, format="PNG", compress_level=compress_level)
     os.replace(tmp, path)
 
 
 def to_sample(
     item: BaseItem, att: Attacked, image_dir: str | os.PathLike, *, sample_id: str, source: str, cfg: AttackConfig,
-    extra_meta: Mapping[str, Any] | None = None,
+    extra_meta: Mapping[str, Any] | None = None, clean_images: dict[str, str] | None = None,
 ) -> Sample:
     """Save ``att.image`` under ``image_dir`` and return the unified Sample (user: image + prompt; assistant: the
-    ground truth)."""
-    path = Path(image_dir) / f"{safe_name(sample_id)}.png"
-    save_png(att.image, path)
+    ground truth). Variants that draw nothing (base, prompt, sycophancy) show the same clean image: with a
+    ``clean_images`` dict (item id -> path, held by the caller for one build) it is written once per item."""
+    if not att.drawn_px and clean_images is not None:
+        path = Path(image_dir) / f"{safe_name(f'{source}/{item.id}/clean')}.png"
+        if clean_images.get(item.id) != str(path):
+            save_png(att.image, path, cfg.png_compress_level)
+            clean_images[item.id] = str(path)
+    else:
+        path = Path(image_dir) / f"{safe_name(sample_id)}.png"
+        save_png(att.image, path, cfg.png_compress_level)
     truth: dict[str, Any] = (
         {"label": item.label} if item.task == "classification" else {"boxes": [list(b) for b in item.boxes]}
     )
@@ -502,9 +520,11 @@ def to_sample(
 def attack_sample(
     item: BaseItem, variant: str, image_dir: str | os.PathLike, *, source: str, cfg: AttackConfig | None = None,
     sample_id: str | None = None, image: Image.Image | None = None, extra_meta: Mapping[str, Any] | None = None,
+    clean_images: dict[str, str] | None = None,
 ) -> Sample:
     """render + to_sample; the id defaults to ``<source>/<item id>/<variant>``."""
     cfg = cfg or AttackConfig()
     att = render(item, variant, cfg, image=image)
     sid = sample_id or f"{source}/{item.id}/{variant}"
-    return to_sample(item, att, image_dir, sample_id=sid, source=source, cfg=cfg, extra_meta=extra_meta)
+    return to_sample(item, att, image_dir, sample_id=sid, source=source, cfg=cfg, extra_meta=extra_meta,
+                     clean_images=clean_images)

@@ -75,6 +75,7 @@ def build_heart(
     image_dir.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
     drops: list[Drop] = []
+    clean_images: dict[str, str] = {}  # unattacked images written once per item
     for name in sorted(sources):
         for it in sorted(sources[name], key=lambda i: i.id):
             attacks = cfg.classification_attacks if it.task == "classification" else cfg.detection_attacks
@@ -90,7 +91,7 @@ def build_heart(
             for v in ("base", *attacks):
                 samples.append(attack_sample(it, v, image_dir, source="heart", cfg=attack_cfg, image=im,
                                              sample_id=f"heart/{name}/{it.id}/{v}",
-                                             extra_meta={"heart_source": name}))
+                                             extra_meta={"heart_source": name}, clean_images=clean_images))
     tmp = out / f".heart.jsonl.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for s in samples:
