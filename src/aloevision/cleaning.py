@@ -19,9 +19,6 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 from aloevision.images import ImageError, check_member, split_ref, verify_image
 from aloevision.schema import Drop, Sample
 
-Verdict = "tuple[str, str] | None"
-
-
 class Rule(Protocol):
     name: str
 

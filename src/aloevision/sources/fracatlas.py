@@ -28,9 +28,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
-from aloevision.images import ImageError, image_size
+from aloevision.images import image_size
 from aloevision.schema import Drop, Sample, image_part, text_part
-from aloevision.sources.base import Malformed, RecordError, SourceContext, read_file, run_adapter
+from aloevision.sources.base import RecordError, SourceContext, read_file, run_adapter
 from aloevision.sources.boxes import BoxError, coco_box, format_box, format_ref, voc_box, yolo_box
 
 DEFAULT_FILES = ["dataset.csv"]
