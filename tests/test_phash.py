@@ -167,3 +167,56 @@ def test_phash_file_raises_clear_error():
     with pytest.raises(ImageError) as e:
         phash_file(b"\x89PNG\r\n\x1a\n garbage")
     assert e.value.reason in ("corrupt_image", "truncated_image", "unreadable_image")
+
+
+# ------------------------------------------------------------------------------------------------------- cache
+
+
+def _put_in_child(root: str, version: str, start: int) -> None:
+    from aloevision.leakage.cache import PHashCache
+
+    c = PHashCache(root, version=version)
+    c.put_many([bytes([start, i]) * 10 for i in range(50)], [start * 1000 + i for i in range(50)])
+    c.flush()
+
+
+def test_cache_content_keyed_and_no_rehash(tmp_path, monkeypatch):
+    from aloevision.leakage import phash as ph
+    from aloevision.leakage.cache import PHashCache
+
+    refs = [d for _, d in CORPUS[:8]] + [CORPUS[0][1]]  # a duplicate image by content
+    cache = PHashCache(tmp_path / "c")
+    assert cache.dir.name == ph.version_tag() and "pillow" + PIL.__version__ in cache.dir.name
+    h1, e1 = hash_many(refs, cache=cache, workers=2)
+    assert not e1 and len(list(cache.dir.glob("part-*.npz"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("decoded an image that was cached")
+
+    monkeypatch.setattr(ph, "_small_from_bytes", boom)
+    fresh = PHashCache(tmp_path / "c")  # another process / a re-run
+    h2, e2 = hash_many(refs, cache=fresh)
+    assert not e2 and np.array_equal(h1, h2) and fresh.hits == len(refs)
+    vals, found = fresh.get_many([b"\x00" * 20])
+    assert not found[0]
+
+
+def test_cache_concurrent_processes_and_compaction(tmp_path):
+    import multiprocessing as mp
+
+    from aloevision.leakage.cache import PHashCache
+
+    root = str(tmp_path / "c")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_put_in_child, args=(root, "v1", s)) for s in (1, 2, 3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    c = PHashCache(root, version="v1")
+    assert len(c) == 150 and c.get(bytes([2, 7]) * 10) == 2007
+    assert c.compact() == 3 and len(list(c.dir.glob("part-*.npz"))) == 1
+    again = PHashCache(root, version="v1")
+    assert len(again) == 150 and again.get(bytes([3, 49]) * 10) == 3049 and again.get(b"x" * 20) is None
+    assert len(PHashCache(root, version="v2")) == 0  # other library versions never see these hashes
