@@ -19,6 +19,7 @@ from aloevision.evaluation.judges import (
     make_judge,
     parse_judge_output,
     rubric_prompt,
+    score_open,
 )
 
 PARSE_CASES = [
@@ -206,3 +207,31 @@ def test_transformers_judge_on_the_tiny_model(tmp_path):
     assert judge.generate([rubric_prompt("Q?", "liver", "liver")]) == judge.generate(
         [rubric_prompt("Q?", "liver", "liver")]
     )
+
+
+def test_score_open_with_self_judge_and_scripted_judges(tmp_path):
+    import json
+
+    from aloevision.config import TinySpec
+    from aloevision.model.processor import load_processor
+    from aloevision.model.tiny import ensure_tiny
+    from transformers import Qwen2VLForConditionalGeneration
+
+    path = ensure_tiny(tmp_path / "cache", dataclasses.asdict(TinySpec()))
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
+    processor = load_processor(str(path))
+    items, preds = _items(2), ["liver", "kidney"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("item_id,score\ns0,1\ns1,0\n")
+    results, report = score_open(
+        items, preds,
+        ["self", ScriptedJudge("j2", ["Score: 1.0", "Score: 0.0"]), ScriptedJudge("j3", ["Score: 1.0", "Score: 0.0"])],
+        self_model=(model, processor), out_dir=tmp_path / "eval", labels_file=labels,
+    )
+    # Two scripted judges agree, so the majority is theirs whatever the random tiny judge says.
+    assert [r.score for r in results] == [1.0, 0.0] and [r.prediction for r in results] == preds
+    assert report["judges"] == ["self", "j2", "j3"] and report["agreement"]["alpha_majority_vs_human"] == 1.0
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "judges.jsonl").read_text().splitlines()]
+    assert rows[0]["votes"]["j2"] == 1.0 and "self" in rows[0]["raw"] and rows[1]["majority"] == 0.0
+    with pytest.raises(ValueError, match="self_model"):
+        score_open(items, preds, ["self"])

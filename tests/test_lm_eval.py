@@ -9,10 +9,12 @@ import pytest
 
 from aloevision.evaluation.lm_eval_task import (
     TASKS_DIR,
+    harness_available,
     harness_status,
     make_hflm,
     metrics_from_results,
     offline_env,
+    run_benchmark,
     run_lm_eval,
 )
 
@@ -106,3 +108,16 @@ def test_harness_status_is_honest():
     with pytest.raises(ValueError, match="unknown harness"):
         harness_status("helm")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_run_benchmark_from_a_benchmark_config(tiny, tmp_path):
+    from aloevision.config import BenchmarkConfig
+
+    model, tok = tiny
+    bench = BenchmarkConfig(name="demo_medmcqa", kind="text_mcq", harness="lm_eval", loader="none",
+                            path=str(TASKS_DIR / "demo_medmcqa" / "demo_medmcqa.jsonl"), max_samples=5)
+    scores = run_benchmark(model, tok, "multimedqa", bench, out_dir=tmp_path)
+    assert set(scores) == {"multimedqa"} and 0.0 <= scores["multimedqa"] <= 100.0
+    saved = json.loads((tmp_path / "lm_eval_multimedqa.json").read_text())
+    assert saved["results"]["demo_medmcqa"]["sample_len"] == 5
+    assert harness_available("lm_eval") and harness_available("builtin")

@@ -355,3 +355,57 @@ def score_open_results(items: Iterable[Any], run: JudgeRun):
                    meta=dict(it.meta))
         for it in items
     ]
+
+
+def judge_backends(specs: Sequence[str], backend: str = "transformers", *, self_model: tuple | None = None,
+                   max_new_tokens: int = 16, batch_size: int = 8) -> list[JudgeBackend]:
+    """Judges from config strings: a model id/path, or "self" = the evaluated model (`self_model`=(model, processor));
+    the demo uses "self" so the tiny model judges offline."""
+    judges: list[JudgeBackend] = []
+    for spec in specs:
+        if spec == "self":
+            if self_model is None:
+                raise ValueError("judge 'self' needs the evaluated model (self_model=(model, processor))")
+            judges.append(TransformersJudge(*self_model, name="self", max_new_tokens=max_new_tokens,
+                                            batch_size=batch_size))
+        elif backend == "transformers":
+            judges.append(TransformersJudge.from_pretrained(spec, max_new_tokens=max_new_tokens, batch_size=batch_size))
+        else:
+            judges.append(make_judge(spec, backend, max_new_tokens=max_new_tokens))
+    return judges
+
+
+def score_open(items: Sequence[Any], predictions: Sequence[str], judges: Sequence[str | JudgeBackend], *,
+               backend: str = "transformers", self_model: tuple | None = None, out_dir: str | Path | None = None,
+               labels_file: str | Path | None = None, name: str = "judges") -> tuple[list, dict[str, Any]]:
+    """The eval stage's entry for open-ended items: (ItemResults scored by majority vote, judge report).
+
+    Writes `<out_dir>/<name>.jsonl` (per item: prediction, each judge's raw reply and vote, the majority) and
+    `<out_dir>/<name>.json` (the report incl. parse failures and Krippendorff's alpha, and against human labels
+    when `labels_file` is given).
+    """
+    import json
+
+    backends: list[JudgeBackend] = []
+    for j in judges:
+        backends += judge_backends([j], backend, self_model=self_model) if isinstance(j, str) else [j]
+    run = judge_items(items, predictions, backends)
+    results = score_open_results(items, run)
+    for r, p in zip(results, predictions):
+        r.prediction = p
+    report = run.report()
+    if labels_file:
+        human = load_human_labels(labels_file)
+        report["agreement"] = agreement(run, human)
+        report["labels_dropped"] = human.dropped
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / f"{name}.jsonl", "w") as f:
+            for i, (it, p) in enumerate(zip(items, predictions)):
+                f.write(json.dumps({"id": it.id, "prediction": p, "reference": it.answer,
+                                    "votes": {j: run.votes[k][i] for k, j in enumerate(run.judges)},
+                                    "raw": {j: run.raw[k][i] for k, j in enumerate(run.judges)},
+                                    "majority": run.majority[i]}) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
+    return results, report

@@ -128,7 +128,9 @@ def metrics_from_results(results: dict[str, Any], benchmarks: dict[str, str] | N
     (default: identity). Groups (multimedqa, mmlu) are read from `groups`, tasks from `results`."""
     table = {**results.get("results", {}), **results.get("groups", {})}
     out: dict[str, float] = {}
-    for key, task in (benchmarks or {t: t for t in results.get("results", {})}).items():
+    if benchmarks is None:
+        benchmarks = {t: t for t in results.get("results", {})}
+    for key, task in benchmarks.items():
         row = table.get(task)
         if row is None:
             log.warning("lm-eval returned no results for task %s (benchmark %s)", task, key)
@@ -148,3 +150,36 @@ def offline_env() -> dict[str, str]:
 
 def apply_offline_env() -> None:
     os.environ.update(offline_env())
+
+
+def harness_available(name: str) -> bool:
+    return harness_status(name).startswith(("installed", "built-in"))
+
+
+def run_benchmark(model, tokenizer, key: str, bench, *, out_dir: str | Path | None = None, batch_size: int = 8,
+                  seed: int = 0) -> dict[str, float]:
+    """One configured benchmark (`BenchmarkConfig`, harness lm_eval) on a loaded model: {key: %, key/<task>: %}.
+
+    bench.options: `task` (lm-eval task or group; default bench.name, then key), `num_fewshot`, `data_file` (for
+    the local tasks; default bench.path when it is a file), `metric` (default acc). bench.max_samples → lm-eval's
+    `limit` (per task). The raw lm-eval results (without per-sample logs) go to `<out_dir>/lm_eval_<key>.json`.
+    """
+    import json
+
+    opts = dict(getattr(bench, "options", {}) or {})
+    task = str(opts.get("task") or getattr(bench, "name", None) or key)
+    data_file = opts.get("data_file") or (bench.path if getattr(bench, "path", None) and Path(str(bench.path)).is_file()
+                                          else None)
+    lm = make_hflm(model, tokenizer, batch_size=batch_size)
+    results = run_lm_eval(lm, [task], limit=getattr(bench, "max_samples", None), num_fewshot=opts.get("num_fewshot"),
+                          metadata={"data_file": str(data_file)} if data_file else None, seed=seed)
+    metric = str(opts.get("metric", "acc"))
+    scores = metrics_from_results(results, {key: task}, metric)
+    subtasks = [t for t in results.get("results", {}) if t != task]
+    scores.update({f"{key}/{k}": v for k, v in metrics_from_results(results, {t: t for t in subtasks}, metric).items()})
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        keep = {k: results.get(k) for k in ("results", "groups", "group_subtasks", "n-samples", "versions")}
+        (out / f"lm_eval_{key}.json").write_text(json.dumps(keep, indent=1, default=str))
+    return scores
