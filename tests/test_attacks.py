@@ -365,7 +365,8 @@ def test_heart_layout_and_scoring(tmp_path):
         elif "label" in m:
             fooled[s.id] = f"The answer is {m['label'].replace('_', ' ')}."
         else:
-            fooled[s.id] = f"<|object_ref_start|>lesion<|object_ref_end|><|box_start|>({m['box'][0]},{m['box'][1]}),({m['box'][2]},{m['box'][3]})<|box_end|>"
+            x1, y1, x2, y2 = m["box"]
+            fooled[s.id] = f"<|object_ref_start|>lesion<|object_ref_end|><|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
     s2 = score_heart(items, fooled)
     assert s2["heart/classification/base"] == 100.0 and s2["heart/detection/base"] == 100.0
     assert all(v == 0.0 for k, v in s2.items() if not k.endswith("/base"))
