@@ -58,12 +58,14 @@ def build_probmed(ctx: BuildContext, n_images: int = 12) -> None:
         name = f"images/probmed_{i:04d}.jpg"
         data = encode(s.scan.image, "JPEG", quality=92)
         ctx.write_bytes(f"eval/probmed/{name}", data)
-        ctx.eval_images[f"probmed/{i}"] = {"benchmark": "demo_yesno", "id": str(i), "file": f"eval/probmed/{name}", "bytes": data}
+        ctx.eval_images[f"probmed/{i}"] = {
+            "benchmark": "demo_yesno", "id": str(i), "file": f"eval/probmed/{name}", "bytes": data}
         wrong_mod = [m for m in MODALITIES if m != s.modality][int(rng.integers(3))]
         wrong_pos = [p for p in POSITIONS if p != s.position][int(rng.integers(3))]
         pairs = [
             ("modality", f"Is this {article(s.modality)} image?", f"Is this {article(wrong_mod)} image?"),
-            ("abnormality", f"Is there a {s.finding} in the {s.position} region?", f"Is there a {s.finding} in the {wrong_pos} region?"),
+            ("abnormality", f"Is there a {s.finding} in the {s.position} region?",
+             f"Is there a {s.finding} in the {wrong_pos} region?"),
         ]
         for qa_type, q_true, q_adv in pairs:
             pair_id = f"{i}_{qa_type}"
@@ -91,7 +93,8 @@ def build_slake(ctx: BuildContext, n_images: int = 14) -> None:
         img_name = f"xmlab{i}/source.jpg"
         data = encode(s.scan.image, "JPEG", quality=92)
         ctx.write_bytes(f"eval/slake/imgs/{img_name}", data)
-        ctx.eval_images[f"slake/{i}"] = {"benchmark": "demo_open", "id": str(i), "file": f"eval/slake/imgs/{img_name}", "bytes": data}
+        ctx.eval_images[f"slake/{i}"] = {
+            "benchmark": "demo_open", "id": str(i), "file": f"eval/slake/imgs/{img_name}", "bytes": data}
         qs = [
             ("Which modality is used to take this image?", s.modality, "OPEN", "Modality"),
             (f"Is there a {s.finding} in this image?", "yes" if s.position else "no", "CLOSED", "Abnormality"),
@@ -157,7 +160,8 @@ def build_careqa_vision(ctx: BuildContext, n_close: int = 24, n_open: int = 16) 
         name = f"images/careqa_v_{i:04d}.jpg"
         data = encode(s.scan.image, "JPEG", quality=92)
         ctx.write_bytes(f"eval/careqa_vision/{name}", data)
-        ctx.eval_images[f"careqa_vision/{i}"] = {"benchmark": "demo_careqa_vision", "id": str(i), "file": f"eval/careqa_vision/{name}", "bytes": data}
+        ctx.eval_images[f"careqa_vision/{i}"] = {
+            "benchmark": "careqa_vision", "id": str(i), "file": f"eval/careqa_vision/{name}", "bytes": data}
         category = "nursing" if i % 3 == 0 else "medicine"
         year = 2020 + i % 5
         if i < n_close:

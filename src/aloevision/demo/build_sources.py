@@ -1,17 +1,20 @@
 """Demo versions of every training source, each in its NATIVE record format and file layout (datasets.md §1-9),
-under `<demo>/<name>/` (conf/source/<name>.yaml points at `${paths.data_dir}/<name>`). Defects that later stages must find are planted here and recorded in PLANTED.json.
+under `<demo>/<name>/` (conf/source/<name>.yaml points at `${paths.data_dir}/<name>`). Defects that later stages
+must find are planted here and recorded in PLANTED.json.
 
-Layouts (paths relative to `<demo>/<name>/`; they follow the DEFAULT_FILES / DEFAULT_IMAGES of the adapters):
+Layouts (relative to `<demo>/<name>/`; they follow the DEFAULT_FILES / DEFAULT_IMAGES of the adapters):
   pubmedvision/  PubMedVision_Alignment_VQA.json; images_0.zip, images_1.zip (members `images/pmc_<n>_<k>.jpg`)
-  medmax/        train.jsonl (`text` with `<image>` and MEDMAX_SEPARATOR between prompt and answer); images.tar.gz.aa/.ab
+  medmax/        train.jsonl (`text`: `<image>`, MEDMAX_SEPARATOR between prompt and answer); images.tar.gz.aa/.ab
   mecovqa/       MeCoVQA_Complex+Region_VQA_train+Public_VQA.json, MeCoVQA_Grounding_train.json;
                  SAMed2Dv1/images/*.png, SAMed2Dv1/masks/*.png, SAMed2Dv1/SAMed2D_v1.json
   medgrit/       MedGRIT_demo_train_chatlm_img_coord.json ([question, answer] pairs); images/<id>.png
-  medtrinity/    25M_full/train-00000-of-00001.parquet (file_name, caption, source, id); 25M_accessible/shard_00000.tar.zst
+  medtrinity/    25M_full/train-00000-of-00001.parquet (file_name, caption, source, id);
+                 25M_accessible/shard_00000.tar.zst
   cambrian/      jsons/Cambrian10M.jsonl; coco.tar.gz, pathvqa.tar.gz (members `coco/...`, `pathvqa/...`)
   aloe_text/     aloe_beta_medical_collection.json (medical; the demo mixture's `aloe_text`)
   aloe_general/  general_collection_demo.json (Aloe-Beta-General-Collection-like; not in the demo mixture)
-  magpie/        data/train-00000-of-00001.parquet (`conversation`); top_300k_shorter_conversations/train-...parquet (`messages`)
+  magpie/        data/train-00000-of-00001.parquet (`conversation`);
+                 top_300k_shorter_conversations/train-00000-of-00001.parquet (`messages`)
   fracatlas/     images/Fractured|Non_fractured/IMG*.jpg; Annotations/COCO JSON/COCO_fracture_masks.json,
                  Annotations/PASCAL VOC/IMG*.xml, Annotations/YOLO/IMG*.txt; dataset.csv
 """
@@ -149,7 +152,8 @@ def build_medmax(ctx: BuildContext, n: int = 30) -> None:
             data = leak["bytes"]
             row["text"] = f"<image>\nWhich modality is used to take this image?{MEDMAX_SEPARATOR}It is a scan."
             row["source"] = "slake"
-            ctx.plant("eval_leak_exact", **where, file=f"{base}/images.tar.gz.aa+ab", member=img_path, eval_benchmark=leak["benchmark"],
+            ctx.plant("eval_leak_exact", **where, file=f"{base}/images.tar.gz.aa+ab", member=img_path,
+                      eval_benchmark=leak["benchmark"],
                       eval_id=leak["id"], eval_file=leak["file"], phash_distance=0)
         if i in (10, 11):  # generation tasks: the answer is an image -> understanding-only SFT must drop them
             row["task"] = "Image Generation" if i == 10 else "Multimodal Generation"
@@ -260,12 +264,14 @@ def build_medgrit(ctx: BuildContext, n: int = 30) -> None:
         img = f"<img>{rel}</img>\n"
         task = ("VG", "RO", "GC", "MII")[i % 4]
         if task == "VG":
-            pairs = [[f"{img}Please locate the <ref>{s.finding}</ref> in the image.", f"<ref>{s.finding}</ref><box>{box}</box>"]]
+            pairs = [[f"{img}Please locate the <ref>{s.finding}</ref> in the image.",
+                      f"<ref>{s.finding}</ref><box>{box}</box>"]]
         elif task == "RO":
             pairs = [[f"{img}What is the object in <ref>this region</ref><box>{box}</box>?", f"It is a {s.finding}."]]
         elif task == "GC":
             pairs = [[f"{img}Describe the image with the location of each finding.",
-                      f"This {s.modality} image of the {s.organ} shows a <ref>{s.finding}</ref><box>{box}</box> in the {s.position} region."]]
+                      f"This {s.modality} image of the {s.organ} shows a <ref>{s.finding}</ref><box>{box}</box>"
+                      f" in the {s.position} region."]]
         else:
             pairs = [[f"{img}What imaging modality is this?", f"This is {article(s.modality)} image."],
                      ["Where is the finding located?", f"The {s.finding} is in the {s.position} region."]]
@@ -336,7 +342,8 @@ def build_cambrian(ctx: BuildContext, n: int = 30) -> None:
                                                       f"{topic.capitalize()} is a topic of science that people study.")}
             if text_only[i] != "missing":
                 row["image"] = text_only[i]
-            ctx.plant("text_only_variant", source="cambrian", row=i, record=rid, data_file=f"{base}/jsons/Cambrian10M.jsonl",
+            ctx.plant("text_only_variant", source="cambrian", row=i, record=rid,
+                      data_file=f"{base}/jsons/Cambrian10M.jsonl",
                       image_field="absent" if text_only[i] == "missing" else text_only[i])
         elif i % 4 == 3:  # the medical sub-source inside a general collection
             s = random_scene(rng, size=(128, 128))
@@ -388,7 +395,8 @@ def build_aloe(ctx: BuildContext) -> None:
 
     gen = []
     for j, topic in enumerate(GENERAL_TOPICS * 4):
-        conv = _conv(f"Explain {topic} in simple words.", f"{topic.capitalize()} is a topic of science that people study.")
+        conv = _conv(f"Explain {topic} in simple words.",
+                     f"{topic.capitalize()} is a topic of science that people study.")
         if j % 3 == 0:
             conv = [{"from": "system", "value": "You are a helpful assistant."}] + conv
         gen.append({"id": f"aloe_gen_{j}", "conversations": conv})

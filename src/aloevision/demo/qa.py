@@ -11,25 +11,64 @@ from aloevision.demo.images import Scan, make_scan
 from aloevision.demo.vocabulary import FINDINGS, MODALITIES, ORGANS, POSITIONS
 
 # PubMedVision-style long modality names.
-MODALITY_LONG = {"CT": "Computed Tomography", "MRI": "Magnetic Resonance Imaging", "X-ray": "X-Ray", "Ultrasound": "Ultrasound"}
+MODALITY_LONG = {
+    "CT": "Computed Tomography", "MRI": "Magnetic Resonance Imaging", "X-ray": "X-Ray", "Ultrasound": "Ultrasound",
+}
 # Med-GRIT / SA-Med2D file-stem prefixes.
 MODALITY_STEM = {"CT": "ct", "MRI": "mr", "X-ray": "x", "Ultrasound": "ultrasound"}
 
 # (question, correct answer, distractors, one-sentence explanation): the medical text facts the Aloe text demo
 # teaches and the MedMCQA-like demo set asks.
 TEXT_FACTS: list[tuple[str, str, list[str], str]] = [
-    ("Which imaging modality uses sound waves?", "Ultrasound", ["CT", "MRI", "X-ray"], "Ultrasound sends sound waves into the body."),
-    ("Which imaging modality uses a strong magnetic field?", "MRI", ["CT", "Ultrasound", "X-ray"], "MRI uses a magnet and radio waves."),
-    ("Which imaging modality builds cross sections from many X-ray projections?", "CT", ["MRI", "Ultrasound", "X-ray"], "CT combines many projections into slices."),
-    ("Which imaging modality is a single projection radiograph?", "X-ray", ["CT", "MRI", "Ultrasound"], "A radiograph is one X-ray projection."),
-    ("Which organ pumps blood through the body?", "heart", ["liver", "kidney", "lungs"], "The heart is a muscular pump."),
-    ("Which organ filters the blood to make urine?", "kidney", ["heart", "liver", "brain"], "The kidney filters blood."),
-    ("Which organ is the main site of gas exchange?", "lungs", ["liver", "heart", "spine"], "Gas exchange happens in the lungs."),
-    ("Which organ makes bile?", "liver", ["kidney", "lungs", "brain"], "Bile is made in the liver."),
-    ("Which organ is protected by the skull?", "brain", ["heart", "liver", "kidney"], "The skull protects the brain."),
-    ("Which structure protects the spinal cord?", "spine", ["lungs", "heart", "kidney"], "The spine surrounds the spinal cord."),
-    ("What is a fluid filled sac called?", "cyst", ["nodule", "mass", "lesion"], "A cyst is a sac filled with fluid."),
-    ("What is a small round growth in the lung called?", "nodule", ["cyst", "mass", "lesion"], "A small round growth is a nodule."),
+    (
+        "Which imaging modality uses sound waves?", "Ultrasound", ["CT", "MRI", "X-ray"],
+        "Ultrasound sends sound waves into the body.",
+    ),
+    (
+        "Which imaging modality uses a strong magnetic field?", "MRI", ["CT", "Ultrasound", "X-ray"],
+        "MRI uses a magnet and radio waves.",
+    ),
+    (
+        "Which imaging modality builds cross sections from many X-ray projections?", "CT",
+        ["MRI", "Ultrasound", "X-ray"],
+        "CT combines many projections into slices.",
+    ),
+    (
+        "Which imaging modality is a single projection radiograph?", "X-ray", ["CT", "MRI", "Ultrasound"],
+        "A radiograph is one X-ray projection.",
+    ),
+    (
+        "Which organ pumps blood through the body?", "heart", ["liver", "kidney", "lungs"],
+        "The heart is a muscular pump.",
+    ),
+    (
+        "Which organ filters the blood to make urine?", "kidney", ["heart", "liver", "brain"],
+        "The kidney filters blood.",
+    ),
+    (
+        "Which organ is the main site of gas exchange?", "lungs", ["liver", "heart", "spine"],
+        "Gas exchange happens in the lungs.",
+    ),
+    (
+        "Which organ makes bile?", "liver", ["kidney", "lungs", "brain"],
+        "Bile is made in the liver.",
+    ),
+    (
+        "Which organ is protected by the skull?", "brain", ["heart", "liver", "kidney"],
+        "The skull protects the brain.",
+    ),
+    (
+        "Which structure protects the spinal cord?", "spine", ["lungs", "heart", "kidney"],
+        "The spine surrounds the spinal cord.",
+    ),
+    (
+        "What is a fluid filled sac called?", "cyst", ["nodule", "mass", "lesion"],
+        "A cyst is a sac filled with fluid.",
+    ),
+    (
+        "What is a small round growth in the lung called?", "nodule", ["cyst", "mass", "lesion"],
+        "A small round growth is a nodule.",
+    ),
 ]
 
 
@@ -76,7 +115,7 @@ def caption(s: Scene) -> str:
 
 
 def long_caption(s: Scene) -> str:
-    """MedTrinity-style multigranular description (modality, organ, ROI location and size in prose, no numbers box)."""
+    """MedTrinity-style multigranular description: modality, organ, ROI location and size in prose (no box)."""
     base = f"The image is {article(s.modality)} scan of the {s.organ}."
     if s.position is None:
         return base + " No region of interest is seen; this is a normal study with no acute findings."

@@ -70,7 +70,8 @@ def load_medmcqa(bench: Bench, stats: LoadStats, require_answer: bool) -> Iterat
 
 @loader("medqa")
 def load_medqa(bench: Bench, stats: LoadStats, require_answer: bool) -> Iterator[EvalItem]:
-    """`GBaker/MedQA-USMLE-4-options-hf` (sent1, ending0..3, label) or the jsonl form (question, options, answer_idx)."""
+    """`GBaker/MedQA-USMLE-4-options-hf` (sent1, ending0..3, label) or the jsonl form (question, options dict,
+    answer_idx)."""
 
     def convert(row_id: str, row: Mapping[str, Any]) -> EvalItem:
         if isinstance(row.get("options"), Mapping):
