@@ -168,3 +168,16 @@ def test_summarise_plain_benchmarks_from_dicts_and_results():
     s = summarise(results)
     assert s == {"pathmmu": pytest.approx(50.0), "mmmu": pytest.approx(100.0)}
     assert counts(results)["pathmmu/n_no_answer"] == 1
+
+
+def test_careqa_vision_split_over_two_benchmark_keys():
+    results = [
+        ItemResult(id="m0", benchmark="careqa_vision_mcq", kind="mcq", score=1.0, meta={"category": "nursing"}),
+        ItemResult(id="m1", benchmark="careqa_vision_mcq", kind="mcq", score=0.0, meta={"category": "medicine"}),
+        ItemResult(id="o0", benchmark="careqa_vision_open", kind="open", score=0.5, meta={"category": "medicine"}),
+    ]
+    s = summarise(results)
+    assert s["careqa_vision_mcq"] == pytest.approx(50.0) and s["careqa_vision_open"] == pytest.approx(50.0)
+    assert s["careqa_vision/mcq"] == pytest.approx(50.0) and s["careqa_vision/open"] == pytest.approx(50.0)
+    assert s["careqa_vision/nursing_mcq"] == 100.0 and s["careqa_vision/medicine_open"] == pytest.approx(50.0)
+    assert s["careqa_vision"] == pytest.approx(50.0)

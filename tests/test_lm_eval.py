@@ -9,6 +9,7 @@ import pytest
 
 from aloevision.evaluation.lm_eval_task import (
     TASKS_DIR,
+    benchmark_tasks,
     harness_available,
     harness_status,
     make_hflm,
@@ -121,3 +122,18 @@ def test_run_benchmark_from_a_benchmark_config(tiny, tmp_path):
     saved = json.loads((tmp_path / "lm_eval_multimedqa.json").read_text())
     assert saved["results"]["demo_medmcqa"]["sample_len"] == 5
     assert harness_available("lm_eval") and harness_available("builtin")
+    assert benchmark_tasks("mmlu", BenchmarkConfig(name="mmlu", kind="text_mcq", loader="mmlu", path="cais/mmlu",
+                                                   options={"tasks": ["mmlu"], "subjects": ["anatomy"]})) == ["mmlu_anatomy"]
+    assert benchmark_tasks("multimedqa", BenchmarkConfig(name="x", kind="text_mcq", loader="m", path="p",
+                                                         options={"task": "multimedqa"})) == ["multimedqa"]
+
+
+def test_run_benchmark_several_tasks_is_their_sample_weighted_mean(tiny):
+    from aloevision.config import BenchmarkConfig
+
+    model, tok = tiny
+    bench = BenchmarkConfig(name="demo", kind="text_mcq", harness="lm_eval", loader="none", path="none",
+                            options={"tasks": ["demo_medmcqa", "demo_medmcqa_text"]}, max_samples=4)
+    scores = run_benchmark(model, tok, "demo", bench)
+    a, b = scores["demo/demo_medmcqa"], scores["demo/demo_medmcqa_text"]
+    assert scores["demo"] == pytest.approx((a + b) / 2)  # 4 samples each

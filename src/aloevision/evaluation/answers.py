@@ -214,6 +214,7 @@ def score_result(item, prediction: str) -> ItemResult:
 # ----------------------------------------------------------------------------------------------------------------
 # CareQA-Vision split (Table 10: Nursing / Medicine x MCQ / open-ended "VQA")
 
+CAREQA_PREFIX = "careqa_vision"
 _NURSING = {"nursing", "enfermeria", "enfermería", "eir", "nurse"}
 _MEDICINE = {"medicine", "medicina", "mir", "medical", "doctor"}
 
@@ -274,8 +275,10 @@ def summarise(results: Iterable[ItemResult | Mapping[str, Any]]) -> dict[str, fl
 
     - ProbMed (kind probmed): pair accuracy (both questions of a pair right), plus `probmed/question` (per question)
       and `probmed/<qa_type>` pair accuracy when the items carry meta['qa_type'].
-    - CareQA-Vision: `careqa_vision/mcq`, `/open` (Table 3's CareQA-V MCQ / VQA) and `/nursing_mcq`,
-      `/medicine_mcq`, `/nursing_open`, `/medicine_open` (Table 10); the overall key is the mean over all items.
+    - CareQA-Vision (every benchmark whose key starts with `careqa_vision`, e.g. `careqa_vision_mcq` and
+      `careqa_vision_open`, pooled): `careqa_vision/mcq`, `/open` (Table 3's CareQA-V MCQ / VQA) and
+      `/nursing_mcq`, `/medicine_mcq`, `/nursing_open`, `/medicine_open` (Table 10); `careqa_vision` is the mean
+      over all its items (each key also keeps its own mean).
     - Everything else: mean item score.
     """
     by_bench: dict[str, list[ItemResult]] = defaultdict(list)
@@ -299,16 +302,20 @@ def summarise(results: Iterable[ItemResult | Mapping[str, Any]]) -> dict[str, fl
                     out[f"{bench}/{qa_type}"] = acc
             continue
         out[bench] = _mean_pct([r.score for r in rs])
-        if bench.startswith("careqa_vision"):
-            cells: dict[str, list[float]] = defaultdict(list)
-            for r in rs:
-                fmt = careqa_format(r.kind)
-                cells[fmt].append(r.score)
-                fld = careqa_field(r.meta)
-                if fld:
-                    cells[f"{fld}_{fmt}"].append(r.score)
-            for key, scores in sorted(cells.items()):
-                out[f"{bench}/{key}"] = _mean_pct(scores)
+    # CareQA-Vision may come as one benchmark or as several keys (careqa_vision_mcq, careqa_vision_open): the
+    # Table 10 cells are computed over all of them, under one `careqa_vision/` prefix.
+    careqa = [r for bench, rs in by_bench.items() if bench.startswith(CAREQA_PREFIX) for r in rs]
+    if careqa:
+        cells: dict[str, list[float]] = defaultdict(list)
+        for r in careqa:
+            fmt = careqa_format(r.kind)
+            cells[fmt].append(r.score)
+            fld = careqa_field(r.meta)
+            if fld:
+                cells[f"{fld}_{fmt}"].append(r.score)
+        out.setdefault(CAREQA_PREFIX, _mean_pct([r.score for r in careqa]))
+        for key, scores in sorted(cells.items()):
+            out[f"{CAREQA_PREFIX}/{key}"] = _mean_pct(scores)
     return out
 
 

@@ -156,26 +156,47 @@ def harness_available(name: str) -> bool:
     return harness_status(name).startswith(("installed", "built-in"))
 
 
+def benchmark_tasks(key: str, bench) -> list[str]:
+    """lm-eval tasks of a configured benchmark: options.tasks (list) or options.task, else bench.name, else key;
+    with options.subjects and the task `mmlu`, the per-subject tasks `mmlu_<subject>` instead."""
+    opts = dict(getattr(bench, "options", {}) or {})
+    tasks = opts.get("tasks") or [opts.get("task") or getattr(bench, "name", None) or key]
+    tasks = [str(t) for t in (tasks if isinstance(tasks, (list, tuple)) else [tasks])]
+    subjects = opts.get("subjects")
+    if subjects and tasks == ["mmlu"]:
+        tasks = [f"mmlu_{s}" for s in subjects]
+    return tasks
+
+
 def run_benchmark(model, tokenizer, key: str, bench, *, out_dir: str | Path | None = None, batch_size: int = 8,
                   seed: int = 0) -> dict[str, float]:
     """One configured benchmark (`BenchmarkConfig`, harness lm_eval) on a loaded model: {key: %, key/<task>: %}.
 
-    bench.options: `task` (lm-eval task or group; default bench.name, then key), `num_fewshot`, `data_file` (for
-    the local tasks; default bench.path when it is a file), `metric` (default acc). bench.max_samples → lm-eval's
-    `limit` (per task). The raw lm-eval results (without per-sample logs) go to `<out_dir>/lm_eval_<key>.json`.
+    bench.options: `task` / `tasks` / `subjects` (see `benchmark_tasks`), `num_fewshot`, `data_file` (for the local
+    tasks; default bench.path when it is a file), `metric` (default acc). bench.max_samples → lm-eval's `limit`
+    (per task). With one task or group, `key` is its score (a group's is lm-eval's sample-weighted aggregate, e.g.
+    multimedqa); with several tasks, their sample-weighted mean. The raw lm-eval results (without per-sample logs)
+    go to `<out_dir>/lm_eval_<key>.json`.
     """
     import json
 
     opts = dict(getattr(bench, "options", {}) or {})
-    task = str(opts.get("task") or getattr(bench, "name", None) or key)
-    data_file = opts.get("data_file") or (bench.path if getattr(bench, "path", None) and Path(str(bench.path)).is_file()
-                                          else None)
+    tasks = benchmark_tasks(key, bench)
+    path = getattr(bench, "path", None)
+    data_file = opts.get("data_file") or (path if path and Path(str(path)).is_file() else None)
     lm = make_hflm(model, tokenizer, batch_size=batch_size)
-    results = run_lm_eval(lm, [task], limit=getattr(bench, "max_samples", None), num_fewshot=opts.get("num_fewshot"),
+    results = run_lm_eval(lm, tasks, limit=getattr(bench, "max_samples", None), num_fewshot=opts.get("num_fewshot"),
                           metadata={"data_file": str(data_file)} if data_file else None, seed=seed)
     metric = str(opts.get("metric", "acc"))
-    scores = metrics_from_results(results, {key: task}, metric)
-    subtasks = [t for t in results.get("results", {}) if t != task]
+    per_task = metrics_from_results(results, {t: t for t in tasks}, metric)
+    if len(tasks) == 1:
+        scores = {key: per_task[tasks[0]]} if tasks[0] in per_task else {}
+    else:
+        n = {t: (results.get("n-samples", {}).get(t) or {}).get("effective", 0) for t in per_task}
+        total = sum(n.values())
+        scores = {key: sum(per_task[t] * n[t] for t in per_task) / total} if total and len(per_task) == len(tasks) else {}
+    # every task lm-eval ran (a group's members too) as a sub-score
+    subtasks = [t for t in results.get("results", {}) if len(tasks) > 1 or t != tasks[0]]
     scores.update({f"{key}/{k}": v for k, v in metrics_from_results(results, {t: t for t in subtasks}, metric).items()})
     if out_dir is not None:
         out = Path(out_dir)
