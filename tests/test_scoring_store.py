@@ -69,6 +69,8 @@ def test_resume_after_kill_does_not_recompute(tmp_path, tiny_path, cfg):
     assert second.calls == {"generate": 2, "perplexity": 2}
     assert list(out) == [s.id for s in samples]
     assert all(isinstance(r, ScoreRecord) and r.ppl and r.ppl > 1 for r in out.values())
+    # the tiny random model's tag output is noise: a reasoned parse failure, never a made-up score
+    assert all((r.score is None) == (r.parse_failure is not None) for r in out.values())
 
     third = _backend(tiny_path)
     store3, _ = open_store(tmp_path / "scores", cfg, backend=third)

@@ -4,9 +4,11 @@ SFT-trained tokens, a per-sample score cache, per-source thresholds, review gall
 Stage API: `score_samples(samples, scorer_cfg, store, ...)` yields (sample_id, ScoreRecord);
 `apply_thresholds(samples, scores, filter_cfg)` returns (kept, drops, report)."""
 
+from aloevision.scoring.coverage import coverage
+from aloevision.scoring.review import review
 from aloevision.scoring.score import needs_scoring, open_store, score_samples
 from aloevision.scoring.store import ScoreRecord, ScoreStore, shard_of
 from aloevision.scoring.thresholds import FilterReport, apply_thresholds, thresholds_for
 
 __all__ = ["score_samples", "open_store", "needs_scoring", "ScoreRecord", "ScoreStore", "shard_of",
-           "apply_thresholds", "thresholds_for", "FilterReport"]
+           "apply_thresholds", "thresholds_for", "FilterReport", "review", "coverage"]
