@@ -20,7 +20,7 @@ steps_per_epoch = floor(samples / global batch); a mixture smaller than the refe
 optimizer steps) trains for proportionally more epochs: epochs = max(recipe epochs, reference_steps /
 steps_per_epoch), FRACTIONAL, so total_steps = ceil(epochs x steps_per_epoch) >= reference_steps (the paper:
 "proportionally increase the number of training epochs to ensure ... at least as many gradient updates"; whole
-epochs would overshoot by up to one epoch, e.g. 5,296 instead of 3,487 steps for multimodal-only). Training should
+epochs would overshoot by up to one epoch, e.g. 5,302 instead of 3,487 steps for multimodal-only). Training should
 run `max_steps = total_steps`.
 """
 
