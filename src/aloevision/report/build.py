@@ -49,7 +49,9 @@ def build_group_report(group: str, runs_dir: str | Path | None, out_dir: str | P
         if tracker is not None:
             rows = csv_rows(table)
             cols = list(rows[0]) if rows else []
-            tracker.table(f"report/{key}", cols, [[r[c] for c in cols] for r in rows])
+            # W&B tables need one type per column: a missing number is None there (an empty cell in the CSV).
+            tracker.table(f"report/{key}", cols, [[None if r[c] == "" and c in ("measured", "paper", "diff") else r[c]
+                                                   for c in cols] for r in rows])
             tracker.image(f"report/{key}_chart", files["png"], caption=table.spec.title)
     result["tables"] = ",".join(keys)
     if wandb_report:
