@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from aloevision.demo import generate
@@ -276,9 +277,53 @@ def test_reencoded_eval_leak_is_a_near_duplicate(demo, planted):
     assert a.size != b.size  # resized, not only re-encoded
     d = imagehash.phash(a) - imagehash.phash(b)
     assert 2 <= d <= 6 and d == p["phash_distance"]
-    # and no other evaluation image is that close (the leak is unambiguous)
-    others = [imagehash.phash(Image.open(q)) for q in sorted((demo / "eval/slake/imgs").rglob("*.jpg"))]
-    assert min(imagehash.phash(a) - h for h in others) > 6
+
+
+def _training_images(demo) -> dict[str, bytes]:
+    out = {}
+    for z in sorted((demo / "pubmedvision").glob("*.zip")):
+        with zipfile.ZipFile(z) as zf:
+            out.update({f"pubmedvision/{n}": zf.read(n) for n in zf.namelist()})
+    with medmax_tar(demo) as tf:
+        out.update({f"medmax/{m.name}": tf.extractfile(m).read() for m in tf.getmembers()})
+    for n, data in zst_members(next((demo / "medtrinity").rglob("*.tar.zst"))).items():
+        out[f"medtrinity/{n}"] = data
+    for t in sorted((demo / "cambrian").glob("*.tar.gz")):
+        with tarfile.open(t) as tf:
+            out.update({f"cambrian/{m.name}": tf.extractfile(m).read() for m in tf.getmembers()})
+    for p in [*(demo / "medgrit").rglob("*.png"), *(demo / "mecovqa/SAMed2Dv1/images").glob("*.png"),
+              *(demo / "fracatlas/images").rglob("*.jpg")]:
+        out[str(p.relative_to(demo))] = p.read_bytes()
+    return out
+
+
+def test_only_the_planted_images_are_near_evaluation_images(demo, planted):
+    """With 64-bit pHash: the exact leak at 0, the re-encoded one at 2-6, every other training image > 8 bits
+    from every evaluation image - so a leakage radius between finds exactly the planted leaks."""
+    from aloevision.evalsets import iter_eval_images
+
+    cfg = OmegaConf.merge(OmegaConf.create({"paths": {"demo_dir": str(demo)}}),
+                          {"eval": OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/eval/demo.yaml")})
+    ev = []
+    for b in cfg.eval.benchmarks.values():
+        for _, img in iter_eval_images(b):
+            ev.append(imagehash.phash(Image.open(io.BytesIO(img) if isinstance(img, bytes) else img)))
+    leaks = {p["member"]: p["phash_distance"] for p in planted if p["kind"].startswith("eval_leak")}
+    nearest = {}
+    for name, data in _training_images(demo).items():
+        try:
+            h = imagehash.phash(Image.open(io.BytesIO(data)))
+        except (OSError, Image.DecompressionBombError):  # the planted unreadable ones
+            continue
+        nearest[name] = min(h - e for e in ev)
+    assert len(nearest) > 150
+    for name, d in nearest.items():
+        member = name.split("/", 1)[1]
+        if member in leaks:
+            assert d == leaks[member], (name, d)
+        else:
+            assert d > 8, f"{name} is {d} bits from an evaluation image but was not planted as a leak"
+    assert len(leaks) == 2 and min(leaks.values()) == 0 and 2 <= max(leaks.values()) <= 6
 
 
 def test_incoherent_and_structural_text_defects(demo, planted):

@@ -88,9 +88,9 @@ def _texture(rng: np.random.Generator, modality: str, h: int, w: int) -> np.ndar
 
 
 def finding_box(position: str, w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """A box of ~1/6 of the image side well inside the given quadrant."""
+    """A box of 12-20% of the image side well inside the given quadrant."""
     col, row = _QUADRANT[position]
-    bw, bh = max(4, w // 6), max(4, h // 6)
+    bw, bh = max(4, int(w * rng.uniform(0.12, 0.2))), max(4, int(h * rng.uniform(0.12, 0.2)))
     qx0, qy0 = col * w // 2, row * h // 2
     # keep the box inside the quadrant with a margin so "upper left" is unambiguous
     x1 = qx0 + int(rng.integers(w // 16 + 1, max(w // 16 + 2, w // 2 - bw - w // 16)))
@@ -108,18 +108,24 @@ def make_scan(
     w, h = size
     img = _texture(rng, modality, h, w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    # Body outline: an ellipse filling most of the frame, darker outside.
-    body = ((xx - w / 2) / (w * 0.46)) ** 2 + ((yy - h / 2) / (h * 0.46)) ** 2
+    # Smooth anatomy-like shading: a few random low-frequency waves. Without it two scans of the same modality and
+    # quadrant share their 64-bit pHash (it only sees low frequencies), and unrelated images would look leaked.
+    for _ in range(3):
+        fx, fy = rng.uniform(-2.5, 2.5, 2)
+        img = img + 0.2 * np.cos(2 * np.pi * (fx * xx / w + fy * yy / h) + rng.uniform(0, 2 * np.pi))
+    # Body outline: an ellipse filling most of the frame (random centre and radii), darker outside.
+    cx0, cy0 = w * rng.uniform(0.45, 0.55), h * rng.uniform(0.45, 0.55)
+    body = ((xx - cx0) / (w * rng.uniform(0.40, 0.47))) ** 2 + ((yy - cy0) / (h * rng.uniform(0.40, 0.47))) ** 2
     img = np.where(body <= 1.0, img, img * 0.25)
     ring = np.abs(body - 1.0) < 0.06
-    img = np.where(ring, 0.85, img)
+    img = np.minimum(np.where(ring, 0.85, img), 0.86)  # leaves near-white to the finding alone
     box = None
     if position is not None:
         box = finding_box(position, w, h, rng)
         x1, y1, x2, y2 = box
         cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
         blob = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
-        img = np.where(blob, 0.97, img)
+        img = np.where(blob, 1.0, img)
     arr = (np.clip(img, 0, 1) * 255).astype(np.uint8)
     return Scan(Image.fromarray(arr), modality, position, box)
 
