@@ -1,0 +1,88 @@
+"""Each rank's torch.distributed environment from SLURM (srun / submitit), torchrun, or a single process."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from aloevision import distributed as d
+
+SRUN_RANK5 = {  # rank 5 of an 8-task step on two 4-GPU nodes, as srun sets it
+    "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
+    "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+    "SLURM_STEP_NODELIST": "as01r[3-4]", "SLURM_JOB_NODELIST": "as01r[3-4]", "SLURM_JOB_NUM_NODES": "2",
+}
+
+
+def test_env_from_srun_variables():
+    env = d.detect(SRUN_RANK5)
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size) == ("srun", 5, 1, 8, 4)
+    assert env.master_addr == "as01r3"
+    assert 20000 <= env.master_port <= 60000
+    assert d.detect({**SRUN_RANK5, "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}).master_port \
+        == env.master_port  # every task agrees on the port
+    assert d.detect({**SRUN_RANK5, "MASTER_PORT": "29400"}).master_port == 29400
+    exported: dict[str, str] = {}
+    d.export(env, exported)
+    assert exported == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
+                        "MASTER_ADDR": "as01r3", "MASTER_PORT": str(env.master_port)}
+
+
+def test_batch_script_alone_is_a_single_process():
+    """sbatch -n 8 runs the script once (no step variables): it must not wait for 7 peers."""
+    env = d.detect({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8"})
+    assert (env.source, env.world_size, env.rank) == ("single", 1, 0)
+
+
+def test_env_from_torchrun_variables():
+    env = d.detect({"TORCHELASTIC_RUN_ID": "x", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
+                    "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29501"})
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.master_port) == ("torchrun", 1, 1, 2, 29501)
+    assert not env.is_main and env.distributed
+
+
+def test_torchrun_nested_in_submitit_is_refused():
+    with pytest.raises(d.DistributedEnvError, match="torchrun inside a submitit task"):
+        d.detect({"TORCHELASTIC_RUN_ID": "x", "SUBMITIT_EXECUTOR": "slurm", "RANK": "0", "LOCAL_RANK": "0",
+                  "WORLD_SIZE": "2", **SRUN_RANK5})
+
+
+def test_single_process_default():
+    env = d.detect({})
+    assert (env.source, env.rank, env.world_size, env.is_main, env.distributed) == ("single", 0, 1, True, False)
+
+
+def test_submitit_task_uses_submitit_environment(monkeypatch):
+    for key, value in {**SRUN_RANK5, "SUBMITIT_EXECUTOR": "slurm"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    env = d.detect()
+    assert (env.source, env.rank, env.local_rank, env.world_size, env.local_world_size) == ("submitit", 5, 1, 8, 4)
+    assert env.master_addr == "as01r3"
+
+
+def test_bad_slurm_values_fail_clearly():
+    with pytest.raises(d.DistributedEnvError, match="SLURM_PROCID"):
+        d.detect({**SRUN_RANK5, "SLURM_PROCID": "oops"})
+    with pytest.raises(d.DistributedEnvError, match="outside a step of 8 tasks"):
+        d.detect({**SRUN_RANK5, "SLURM_PROCID": "8"})
+    with pytest.raises(d.DistributedEnvError, match="tasks-per-node"):
+        d.tasks_per_node("4x2")
+
+
+def test_slurm_list_parsers():
+    assert d.expand_nodelist("gpu[001-003,007],login1") == ["gpu001", "gpu002", "gpu003", "gpu007", "login1"]
+    assert d.tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+
+
+def test_nodes_resolver_and_world_size():
+    d.register_resolvers()
+    d.register_resolvers()  # idempotent
+    cfg = OmegaConf.create({"model": {"recipe": {"gpus": 100}},
+                            "cluster": {"kind": "slurm", "gpus_per_node": 4,
+                                        "nodes": "${aloe.nodes:${model.recipe.gpus},${cluster.gpus_per_node}}"}})
+    assert cfg.cluster.nodes == 25
+    assert d.planned_world_size(cfg.cluster) == 100
+    assert d.nodes_for(32, 4) == 8 and d.nodes_for(6, 4) == 2 and d.nodes_for(2, 0) == 1
+    assert d.planned_world_size({"kind": "local", "gpus_per_node": 0}) == 1
