@@ -215,3 +215,15 @@ def test_drops(tiny_processor, tmp_path):
     assert "> 60" in res[1].detail
     streamed = list(counter.iter_stats([short, long, missing, mismatch], batch_size=3))
     assert [type(r) for _, r in streamed] == [type(r) for r in res]
+
+
+def test_model_config_processor_is_real_offline(cache_dir):
+    """`model=qwen2vl_7b` token counts use the real tokenizer with the recipe's pixel bounds, without the Hub."""
+    from conftest import compose
+
+    from aloevision.model.qwen_tokenizer import load_model_processor
+
+    cfg = compose(["model=qwen2vl_7b"], root=cache_dir.parent / "compose")
+    proc = load_model_processor(cfg.model, cache_dir / "shared")
+    assert proc.tokenizer("Hello world", add_special_tokens=False)["input_ids"] == [9707, 1879]
+    assert VisionGeometry.from_image_processor(proc.image_processor) == VisionGeometry(3136, 1003520)

@@ -186,3 +186,12 @@ def processor_path(checkpoint: str, cache_dir: str | Path) -> str:
     except Exception:  # no cache / odd id: fall back to the offline build
         pass
     return str(ensure_processor_dir(cache_dir))
+
+
+def load_model_processor(model_cfg, cache_dir: str | Path):
+    """The processor of the configured model (`cfg.model`), Hub-free when it must be: the tiny model is built into
+    `<cache_dir>/models`; a Qwen2-VL / Qwen2.5-VL Hub id not in the local HF cache uses the offline rebuild."""
+    from aloevision.model.loading import checkpoint_path, load_processor_for
+
+    path = checkpoint_path(model_cfg, cache_dir)
+    return load_processor_for(model_cfg, processor_path(path, Path(cache_dir) / "models"))
