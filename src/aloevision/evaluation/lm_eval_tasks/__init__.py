@@ -1,0 +1,1 @@
+"""lm-evaluation-harness task folders (YAML + data); a package only so wheels ship them."""

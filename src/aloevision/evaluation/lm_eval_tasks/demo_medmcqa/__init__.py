@@ -1,0 +1,1 @@
+"""The local demo_medmcqa lm-eval tasks."""
