@@ -43,6 +43,8 @@ class MixtureConfig:
     max_repeat: float = 1.0  # a source may be repeated up to this factor to meet a target
     # Smaller ablation mixtures train for at least the optimizer steps of this reference (paper Appendix D).
     reference_steps: Optional[int] = None
+    share_tolerance: float = 0.0005  # observed shares may differ from targets by this much (Table 1 sums to 99.9%)
+    total_loss_tokens: Optional[float] = None  # optional budget: then a source too small for its share is an error
 
 
 @dataclass
@@ -164,6 +166,18 @@ class BenchmarkConfig:
 
 
 @dataclass
+class HeartConfig:
+    """HEART-style robustness benchmark (paper Table 4), built from classification/detection eval sources."""
+
+    enabled: bool = False
+    sources: Dict[str, str] = field(default_factory=dict)  # name -> base-item JSONL; "demo" builds the demo sources
+    ar_source: str = "fracatlas"  # never evaluate on the AR training source
+    iou_threshold: float = 0.5
+    iou_inclusive: bool = True
+    iou_match: str = "first"  # first box of the answer | any box of the answer
+
+
+@dataclass
 class EvalConfig:
     name: str = MISSING
     benchmarks: Dict[str, BenchmarkConfig] = field(default_factory=dict)
@@ -172,6 +186,36 @@ class EvalConfig:
     judges: List[str] = field(default_factory=list)  # model ids / paths; "self" = the evaluated model
     judge_backend: str = "transformers"
     model: Optional[str] = None  # run folder, checkpoint or Hub id to evaluate when this run trains none
+    labels_file: Optional[str] = None  # human 0/0.5/1 labels for open answers: agreement with the judges
+    heart: HeartConfig = field(default_factory=HeartConfig)
+
+
+@dataclass
+class ArRecipeConfig:
+    classification_variants: List[str] = field(default_factory=lambda: ["base", "captions", "prompt", "sycophancy"])
+    detection_variants: List[str] = field(default_factory=lambda: ["captions", "prompt", "sycophancy", "legends"])
+    detection_unit: str = "instance"  # one detection sample per fracture instance, attacks rotating
+
+
+@dataclass
+class AttackSettings:
+    min_side: int = 224
+    font_frac: float = 0.05
+    min_font_px: int = 12
+    max_wrong_iou: float = 0.1
+    max_pixels: Optional[int] = None  # None: the model's max_pixels
+    banner_position: str = "auto"
+
+
+@dataclass
+class AdversarialConfig:
+    """The AR training set (second SFT stage) built from FracAtlas with all four attacks (paper §5.1)."""
+
+    enabled: bool = False  # stage=all builds it and trains on it (the AR experiment)
+    source: Optional[SourceConfig] = None  # the FracAtlas source; None: conf/source/fracatlas.yaml via the experiment
+    seed: int = 0
+    ar: ArRecipeConfig = field(default_factory=ArRecipeConfig)
+    attack: AttackSettings = field(default_factory=AttackSettings)
 
 
 @dataclass
@@ -240,9 +284,20 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+
+def nodes_for(gpus, gpus_per_node) -> int:
+    """`${aloe.nodes:gpus,gpus_per_node}`: nodes a recipe's GPU count needs (cluster.nodes follows model.recipe.gpus)."""
+    g, per = int(gpus), int(gpus_per_node)
+    return 1 if per <= 0 else max(1, -(-g // per))
 
 
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("aloe.nodes"):
+        OmegaConf.register_new_resolver("aloe.nodes", nodes_for)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, node in (

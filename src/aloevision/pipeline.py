@@ -35,23 +35,38 @@ class Stage:
     description: str
 
 
+# Every stage: (module, function, what it does). A module that does not exist yet is simply not offered (never
+# faked); `stage=all` runs the available ones in ALL_ORDER.
+STAGE_TABLE = {
+    "plan": ("aloevision.stages.plan", "run", "what a run will cost: samples, loss tokens, steps, GPUs, GPU-hours"),
+    "ingest": ("aloevision.stages.ingest", "run", "sources -> unified samples, cleaned; drops counted by reason"),
+    "hash": ("aloevision.stages.leakage", "run_hash", "64-bit pHash of every training and evaluation image"),
+    "leakage": ("aloevision.stages.leakage", "run", "training samples whose images match evaluation images"),
+    "score": ("aloevision.stages.filtering", "run_score", "LVLM quality score + tags, answer perplexity"),
+    "filter": ("aloevision.stages.filtering", "run", "per-source thresholds on score and perplexity"),
+    "tokens": ("aloevision.stages.tokens", "run", "total / loss / text / image tokens per sample"),
+    "mix": ("aloevision.stages.mix", "run", "ready-to-train mixture (TRL messages + images) and its composition"),
+    "adversarial": ("aloevision.stages.adversarial", "run", "the adversarial (AR) training set from FracAtlas"),
+    "train": ("aloevision.stages.train", "run", "SFT with TRL, loss on assistant tokens"),
+    "eval": ("aloevision.stages.eval", "run", "benchmarks with greedy decoding"),
+    "report": ("aloevision.stages.report", "run", "tables from this run or from the runs of a sweep"),
+}
+
+
 def _stages() -> dict[str, Stage]:
-    # Imported lazily so `launch.py --help` stays fast.
-    from aloevision.stages import eval as eval_stage
-    from aloevision.stages import ingest, mix, report, train
+    import importlib
 
-    found = [
-        Stage("ingest", ingest.run, "sources -> unified samples, cleaned; drops counted by reason"),
-        Stage("mix", mix.run, "ready-to-train mixture (TRL messages + images) and its composition"),
-        Stage("train", train.run, "SFT with TRL, loss on assistant tokens"),
-        Stage("eval", eval_stage.run, "benchmarks with greedy decoding"),
-        Stage("report", report.run, "tables from this run or from the runs of a sweep"),
-    ]
-    return {s.name: s for s in found}
-
-
-# Order of `stage=all`. Stages that are not implemented yet are absent, never faked.
-ALL_ORDER = ("ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "train", "eval", "report")
+    found = {}
+    for name, (module, fn, description) in STAGE_TABLE.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a real import error inside an existing stage must surface
+                raise
+            continue
+        if hasattr(mod, fn):
+            found[name] = Stage(name, getattr(mod, fn), description)
+    return found
 
 
 def stages_for(cfg: DictConfig) -> list[Stage]:
@@ -66,8 +81,13 @@ def stages_for(cfg: DictConfig) -> list[Stage]:
 
 
 def _enabled(cfg: DictConfig, name: str) -> bool:
+    """Stages a config switches off are skipped by `stage=all` (the leakage / filtering ablations)."""
     if name == "train":
         return cfg.train.enabled
+    if name == "leakage":
+        return cfg.leakage.enabled
+    if name in ("score", "filter"):
+        return cfg.filter.enabled
     return True
 
 

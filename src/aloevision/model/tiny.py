@@ -147,7 +147,7 @@ def ensure_tiny(cache_dir: str | Path, spec: dict) -> Path:
     """Path of the tiny checkpoint for `spec`, building it once (safe when several jobs ask at once)."""
     from aloevision.utils.fingerprint import fingerprint
 
-    key = fingerprint({"spec": spec, "build": TINY_BUILD_VERSION})
+    key = fingerprint({"spec": spec, "build": TINY_BUILD_VERSION, "corpus": _training_corpus()})
     out = Path(cache_dir) / f"tiny-qwen2vl-{key}"
     if (out / "tiny_spec.json").is_file():
         return out

@@ -132,7 +132,7 @@ def run(ctx) -> dict[str, Any]:
         else:
             preds = generate(model, processor, items, cfg.eval.max_new_tokens, cfg.eval.batch_size, f"eval {key}")
         if bench.kind == "open":
-            results = _judge_open(ctx, items, preds, model, processor)
+            results = _judge_open(ctx, key, items, preds, model, processor)
         else:
             results = [score_result(it, p) for it, p in zip(items, preds)]
         for r in results:
@@ -154,12 +154,14 @@ def run(ctx) -> dict[str, Any]:
     return report
 
 
-def _judge_open(ctx, items, preds, model, processor):
-    """Open-ended answers scored 0 / 0.5 / 1 by the configured judges, majority vote."""
-    from aloevision.evaluation.judges import judge_items
+def _judge_open(ctx, key, items, preds, model, processor):
+    """Open-ended answers scored 0 / 0.5 / 1 by the configured judges, combined by majority vote."""
+    from aloevision.evaluation.judges import score_open
 
-    return judge_items(items, preds, judges=list(ctx.cfg.eval.judges), backend=ctx.cfg.eval.judge_backend,
-                       self_model=(model, processor), out_dir=ctx.run_dir / "eval")
+    results, report = score_open(items, preds, list(ctx.cfg.eval.judges), backend=ctx.cfg.eval.judge_backend,
+                                 self_model=(model, processor), out_dir=ctx.run_dir / "eval", name=f"judges_{key}")
+    ctx.tracker.stage_report(f"eval_judges_{key}", report)
+    return results
 
 
 def _run_harness(ctx, key, bench, model_path) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
 from aloevision.schema import Drop, Sample
 
@@ -45,34 +46,22 @@ def _ingest_source(src_cfg, seed: int, out: Path) -> None:
     from aloevision.sources import read_source
 
     counter = DropCounter()
-    rules = default_rules()
-    n_out = 0
+    rules = default_rules(roots=[str(src_cfg.path)])
+    stream = counter.count(cap_samples(clean(read_source(src_cfg), rules), src_cfg.cap, seed))
     with open(out / "samples.jsonl", "w") as fs, open(out / "drops.jsonl", "w") as fd:
-
-        def kept() -> Iterator[Sample]:
-            for item in clean(read_source(src_cfg), rules):
-                counter.seen(item)
-                if isinstance(item, Drop):
-                    counter.drop(item)
-                    fd.write(json.dumps(item.to_dict()) + "\n")
-                else:
-                    yield item
-
-        stream: Iterator[Sample] = kept()
-        if src_cfg.cap:
-            stream, capped = cap_samples(stream, int(src_cfg.cap), seed)
-        else:
-            capped = None
-        for s in stream:
-            fs.write(s.to_json() + "\n")
-            n_out += 1
-        if capped is not None:
-            for d in capped():
-                counter.drop(d)
-                fd.write(json.dumps(d.to_dict()) + "\n")
-    report = counter.report()
-    report["rows_out"] = n_out
+        for item in tqdm(stream, desc=f"ingest {src_cfg.name}", unit=" rows", leave=False):
+            if isinstance(item, Drop):
+                fd.write(json.dumps(item.to_dict()) + "\n")
+            else:
+                fs.write(item.to_json() + "\n")
+    per_source = counter.to_dict()
+    report = per_source.get(src_cfg.name) or {"rows_in": 0, "rows_out": 0, "drops": {}, "examples": {}}
+    if len(per_source) > 1:  # an adapter that labels samples with several source names
+        report = {"rows_in": sum(v["rows_in"] for v in per_source.values()),
+                  "rows_out": sum(v["rows_out"] for v in per_source.values()),
+                  "drops": {}, "examples": {}, "by_source": per_source}
     (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(counter.markdown() + "\n")
 
 
 def run(ctx) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def _sft_config(cfg: DictConfig, out: Path, plan: dict[str, Any], use_cpu: bool)
         max_steps=plan["max_steps"],
         learning_rate=cfg.train.learning_rate or r.learning_rate,
         lr_scheduler_type=r.lr_scheduler_type,
-        warmup_ratio=r.warmup_ratio,
+        warmup_steps=float(r.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of total steps
         weight_decay=r.weight_decay,
         optim=r.optimizer,
         bf16=bool(r.bf16) and not use_cpu,
