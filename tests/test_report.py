@@ -152,3 +152,22 @@ def test_wandb_paths_skip_offline(sweep):
     assert auto.source == "disk" and len(auto.runs) == 5 and "offline" in auto.message
     with pytest.raises(ValueError, match="report.source"):
         collect_runs("g", sweep, source="s3")
+
+
+def test_demo_sweep_extra_benchmarks_and_nested_choices(tmp_path):
+    """The demo sweep's runs carry demo benchmarks (no paper column) and nested source@ choices that follow the
+    mixture: the table still has the paper's rows, plus the demo benchmarks as extra columns without comparison."""
+    root = tmp_path / "o"
+    for i, mix in enumerate(["final", "multimodal_only", "medical_only"]):
+        ch = base_choices(mixture=mix, **{f"source@mixture.sources.s{i}": f"s{i}"})
+        write_record(root, str(i), group="ablation_mixture", choices=ch,
+                     metrics={"eval/demo_mcq": 10.0 * i, "eval/demo_yesno/question": 5.0, "eval/slake": 20.0})
+    runs = load_runs_from_disk(root).runs
+    t = build_table("table7", runs)
+    assert t.varied == ["mixture"] and not any("differ" in n for n in t.notes)
+    assert t.columns[-1:] == ("demo_mcq",)  # sub-keys (with "/") are not columns
+    assert [r.measured["demo_mcq"] for r in t.rows] == [0.0, 10.0, 20.0]
+    assert t.rows[0].paper.get("demo_mcq") is None and t.rows[0].diff("slake") == pytest.approx(20.0 - 65.4)
+    md = to_markdown(t)
+    assert "| demo_mcq |" in md.splitlines()[2] or md.splitlines()[2].endswith("| demo_mcq |")
+    assert not any("missing demo_mcq" in n for n in t.notes)

@@ -147,7 +147,8 @@ def result_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
 def varied_choices(runs: Iterable[RunRecord]) -> list[str]:
     """The choice keys whose values differ between runs: what the sweep varied (row labels)."""
     runs = list(runs)
-    keys = sorted({k for r in runs for k in r.choices})
+    # Nested defaults ("source@mixture.sources.x") and Hydra's own groups follow from the top-level choices.
+    keys = sorted({k for r in runs for k in r.choices if "@" not in k and not k.startswith("hydra")})
     return [k for k in keys if len({str(r.choices.get(k)) for r in runs}) > 1]
 
 

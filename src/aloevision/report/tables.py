@@ -57,16 +57,20 @@ class TableSpec:
     columns: tuple[str, ...]
     vary: str | None = None  # the choice whose values are the rows (ablations); None: one row per configuration
     rows: tuple[tuple[str, str], ...] = ()  # expected (choice value, paper row) for ablations
+    # Also show the runs' other top-level eval/<benchmark> metrics (no paper value), e.g. the demo sets.
+    extra_columns: bool = False
 
 
 SPECS = {
     "table7": TableSpec("table7", "Table 7: data mixtures", tuple(ABLATION_COLUMNS), "mixture",
-                        (("final", "Final"), ("multimodal_only", "Multimodal-only"), ("medical_only", "Medical-only"))),
+                        (("final", "Final"), ("multimodal_only", "Multimodal-only"), ("medical_only", "Medical-only")),
+                        extra_columns=True),
     "table8": TableSpec("table8", "Table 8: evaluation-image leakage", tuple(ABLATION_COLUMNS), "leakage",
-                        (("phash", "Without Leakage"), ("off", "With Leakage"))),
+                        (("phash", "Without Leakage"), ("off", "With Leakage")), extra_columns=True),
     "table9": TableSpec("table9", "Table 9: quality filtering", tuple(ABLATION_COLUMNS), "filter",
-                        (("paper", "With Filtering"), ("none", "Without Filtering"))),
-    "table3": TableSpec("table3", "Table 3: full evaluation", tuple(TABLE3_COLUMNS)),
+                        (("paper", "With Filtering"), ("none", "Without Filtering")),
+                        extra_columns=True),
+    "table3": TableSpec("table3", "Table 3: full evaluation", tuple(TABLE3_COLUMNS), extra_columns=True),
     "table10": TableSpec("table10", "Table 10: CareQA-Vision by field and format", tuple(TABLE10_COLUMNS)),
     "table4": TableSpec("table4", "Table 4: HEART adversarial robustness", tuple(HEART_COLUMNS)),
 }
@@ -130,10 +134,11 @@ class Table:
     rows: list[Row]
     varied: list[str]
     notes: list[str] = field(default_factory=list)
+    extra: tuple[str, ...] = ()  # benchmark columns the runs have and the paper table does not
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return self.spec.columns
+        return self.spec.columns + self.extra
 
 
 def _row(label: str, run: RunRecord | None, columns: Sequence[str], paper_name: str | None, table: str) -> Row:
@@ -148,6 +153,11 @@ def build_table(key: str, runs: Iterable[RunRecord], *, paper: str | None = None
     spec = SPECS[key]
     rruns = result_runs(runs)
     varied = varied_choices(rruns)
+    extra: tuple[str, ...] = ()
+    if spec.extra_columns:
+        have = {k[5:] for r in rruns for k in r.metrics if k.startswith("eval/") and "/" not in k[5:]}
+        extra = tuple(sorted(have - set(spec.columns)))
+    columns = spec.columns + extra
     notes: list[str] = []
     rows: list[Row] = []
     if spec.vary:
@@ -160,7 +170,7 @@ def build_table(key: str, runs: Iterable[RunRecord], *, paper: str | None = None
         expected = list(spec.rows) + [(v, None) for v in sorted(by_value) if v not in {e for e, _ in spec.rows}]
         for value, pname in expected:
             best = pick_best(by_value.get(value, []))
-            rows.append(_row(f"{spec.vary}={value}", best, spec.columns, pname, key))
+            rows.append(_row(f"{spec.vary}={value}", best, columns, pname, key))
             if best is None:
                 notes.append(f"no run with {spec.vary}={value}")
     else:
@@ -170,16 +180,16 @@ def build_table(key: str, runs: Iterable[RunRecord], *, paper: str | None = None
         for sig, group in sorted(configs.items()):
             best = pick_best(group)
             label = ", ".join(f"{k}={v}" for k, v in zip(varied, sig)) or (best.group if best else "run")
-            rows.append(_row(label, best, spec.columns, paper or paper_model_for(best, key), key))
+            rows.append(_row(label, best, columns, paper or paper_model_for(best, key), key))
         if not rows:
             notes.append("no runs")
     for row in rows:
         if row.status not in ("finished", "missing"):
             notes.append(f"{row.label}: run {row.run} is {row.status}; its metrics may be incomplete")
-        gaps = [c for c in spec.columns if row.measured[c] is None]
+        gaps = [c for c in spec.columns if row.measured[c] is None]  # extra columns are optional
         if row.status != "missing" and gaps:
             notes.append(f"{row.label}: missing {', '.join(gaps)}")
-    return Table(spec, rows, varied, notes)
+    return Table(spec, rows, varied, notes, extra)
 
 
 def tables_for(group: str, runs: Sequence[RunRecord]) -> list[str]:
