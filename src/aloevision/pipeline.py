@@ -88,6 +88,8 @@ def _enabled(cfg: DictConfig, name: str) -> bool:
         return cfg.leakage.enabled
     if name in ("score", "filter"):
         return cfg.filter.enabled
+    if name == "adversarial":
+        return cfg.adversarial.enabled
     return True
 
 

@@ -98,3 +98,14 @@ def iter_samples(artifact_dir: str | Path) -> Iterator[Sample]:
     with open(Path(artifact_dir) / "samples.jsonl") as f:
         for line in f:
             yield Sample.from_dict(json.loads(line))
+
+
+def training_artifacts(ctx) -> dict[str, str]:
+    """Folders of unified samples (`samples.jsonl`) that feed this run's mixture: every ingested source, plus the
+    adversarial set when the AR stage built one. Runs ingest if this run has not yet."""
+    ingest = ctx.results.get("ingest")
+    if ingest is None and len(ctx.cfg.mixture.sources):
+        ingest = ctx.results["ingest"] = run(ctx)
+    out = dict((ingest or {}).get("artifacts", {}))
+    out.update((ctx.results.get("adversarial") or {}).get("artifacts", {}))
+    return out

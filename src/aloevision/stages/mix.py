@@ -78,19 +78,17 @@ def excluded_ids(ctx) -> set[str]:
 
 def run(ctx) -> dict[str, Any]:
     cfg = ctx.cfg
-    ingest = ctx.results.get("ingest")
-    if ingest is None:
-        from aloevision.stages import ingest as ingest_stage
+    from aloevision.stages.ingest import training_artifacts
 
-        ingest = ctx.results["ingest"] = ingest_stage.run(ctx)
+    sources = training_artifacts(ctx)
     excluded = excluded_ids(ctx)
     key = {
-        "ingest": {k: Path(v).name for k, v in ingest["artifacts"].items()},
+        "ingest": {k: Path(v).name for k, v in sources.items()},
         "excluded": sorted(excluded),
         "version": MIX_VERSION,
     }
     hf_cache = str(Path(cfg.paths.cache_dir) / "hf_datasets")
-    art = ctx.store.get_or_build("mix", key, lambda tmp: _build(ingest["artifacts"], excluded, hf_cache, tmp))
+    art = ctx.store.get_or_build("mix", key, lambda tmp: _build(sources, excluded, hf_cache, tmp))
     comp = art.read_json("composition.json")
     ctx.tracker.table("mix/composition", ["source", "category", "samples"], [[c["source"], c["category"], c["samples"]] for c in comp])
     total = sum(c["samples"] for c in comp)
