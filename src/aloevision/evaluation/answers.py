@@ -92,7 +92,10 @@ _NEGATED = re.compile(r"[\s).:]*(?:is|are|would\s+be|seems)\s+(?:not|incorrect|w
 _ONLY_LETTER = re.compile(r"^\(?\s*([A-Za-z])\s*\)?[.:)]?$")
 _LEADING = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])\s*[.:)])(?:\s|$)")
 # A bare "A"/"I" before a lower-case word is the article / pronoun ("A mass is seen", "I think"), not a letter.
-_BARE = re.compile(r"\(\s*([A-Z])\s*\)|(?<![A-Za-z'])(?![AI]\s+(?!(?:or|and|nor|vs|versus|is|are|was|seems|would|could|should|because|since)\b)[a-z])([A-Z])(?![A-Za-z'])")
+_NOT_ARTICLE = r"(?:or|and|nor|vs|versus|is|are|was|seems|would|could|should|because|since)\b"
+_BARE = re.compile(
+    r"\(\s*([A-Z])\s*\)|(?<![A-Za-z'])(?![AI]\s+(?!" + _NOT_ARTICLE + r")[a-z])([A-Z])(?![A-Za-z'])"
+)
 
 
 def _letter(m: re.Match) -> str:
@@ -136,7 +139,8 @@ def extract_choice(prediction: str, options: Mapping[str, str]) -> Extraction:
     if len(hits) > 1:
         longest = max(hits.items(), key=lambda kv: len(kv[1]))
         others = [v for k, v in hits.items() if k != longest[0]]
-        if all(f" {o} " in f" {longest[1]} " for o in others) and sum(len(v) == len(longest[1]) for v in hits.values()) == 1:
+        unique_longest = sum(len(v) == len(longest[1]) for v in hits.values()) == 1
+        if unique_longest and all(f" {o} " in f" {longest[1]} " for o in others):
             return Extraction(longest[0], "option_text_longest")
 
     bare = {(m.group(1) or m.group(2)) for m in _BARE.finditer(text)} & letters

@@ -58,7 +58,10 @@ def rubric_prompt(question: str, reference: str, answer: str) -> str:
 
 _THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _NUM = r"(1(?:\.0+)?|0?\.5|0(?:\.50*|\.0+)?)"
-_SCORE = re.compile(r"(?i:score|grade|rating|verdict)\s*\**\s*[:=]?\s*\**\s*\[*\s*" + _NUM + r"(?![\d.]*\d)(?!\s*/\s*[02-9])")
+# "Score: 1.0" (also **Score:** / [[...]]); the number must end there: not "0.75", "10" or "1/2".
+_SCORE = re.compile(
+    r"(?i:score|grade|rating|verdict)\s*\**\s*[:=]?\s*\**\s*\[*\s*" + _NUM + r"(?![\d.]*\d)(?!\s*/\s*[02-9])"
+)
 _ONLY_NUM = re.compile(r"^\[*\(?\s*" + _NUM + r"\s*\)?\]*\.?$")
 _WORDS = (
     (re.compile(r"\bpartial(?:ly)?\s+correct\b", re.I), 0.5),
@@ -132,7 +135,8 @@ class TransformersJudge:
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(cls, path: str, *, dtype: str = "auto", device: str | None = None, **kwargs) -> "TransformersJudge":
+    def from_pretrained(cls, path: str, *, dtype: str = "auto", device: str | None = None,
+                        **kwargs) -> "TransformersJudge":
         """Load a judge by Hub id or local path: a causal LM, else an image-text-to-text model (e.g. Qwen2.5-VL)."""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer

@@ -194,7 +194,8 @@ def run_benchmark(model, tokenizer, key: str, bench, *, out_dir: str | Path | No
     else:
         n = {t: (results.get("n-samples", {}).get(t) or {}).get("effective", 0) for t in per_task}
         total = sum(n.values())
-        scores = {key: sum(per_task[t] * n[t] for t in per_task) / total} if total and len(per_task) == len(tasks) else {}
+        complete = total and len(per_task) == len(tasks)
+        scores = {key: sum(per_task[t] * n[t] for t in per_task) / total} if complete else {}
     # every task lm-eval ran (a group's members too) as a sub-score
     subtasks = [t for t in results.get("results", {}) if len(tasks) > 1 or t != tasks[0]]
     scores.update({f"{key}/{k}": v for k, v in metrics_from_results(results, {t: t for t in subtasks}, metric).items()})

@@ -333,4 +333,5 @@ def write_table(t: Table, out_dir: str | Path) -> dict[str, Path]:
     md.write_text(to_markdown(t))
     tex = out / f"{t.spec.key}.tex"
     tex.write_text(to_latex(t))
-    return {"md": md, "tex": tex, "csv": to_csv(t, out / f"{t.spec.key}.csv"), "png": to_png(t, out / f"{t.spec.key}.png")}
+    csv_path, png = to_csv(t, out / f"{t.spec.key}.csv"), to_png(t, out / f"{t.spec.key}.png")
+    return {"md": md, "tex": tex, "csv": csv_path, "png": png}
