@@ -107,8 +107,8 @@ def model_under_test(ctx) -> str:
 
 
 def run(ctx) -> dict[str, Any]:
-    from aloevision.evalsets import LOADERS
-    from aloevision.evaluation.answers import counts, score_result, summarise
+    from aloevision.evalsets import load_benchmark
+    from aloevision.evaluation.answers import OPEN_KINDS, counts, score_result, summarise
     from aloevision.model.loading import load_model, load_processor_for
     from aloevision.stages.ingest import ensure_demo_data
 
@@ -119,22 +119,29 @@ def run(ctx) -> dict[str, Any]:
     model = load_model(cfg.model, path).eval()
     out_dir = ctx.run_dir / "eval"
     out_dir.mkdir(exist_ok=True)
-    all_results, status = [], {}
+    all_results, status, load_stats = [], {}, {}
     for key, bench in cfg.eval.benchmarks.items():
         if bench.harness != "builtin":
-            status[key] = _run_harness(ctx, key, bench, path)
+            status[key] = _run_harness(ctx, key, bench, model, processor)
             continue
-        items = list(LOADERS[bench.loader](bench))
+        items, stats = load_benchmark(bench)
+        load_stats[key] = stats.as_dict()
         if bench.max_samples:
             items = items[: bench.max_samples]
-        if bench.kind == "text_mcq":
-            preds = loglik_choices(model, processor, items, desc=f"eval {key}")
-        else:
-            preds = generate(model, processor, items, cfg.eval.max_new_tokens, cfg.eval.batch_size, f"eval {key}")
-        if bench.kind == "open":
-            results = _judge_open(ctx, key, items, preds, model, processor)
-        else:
-            results = [score_result(it, p) for it, p in zip(items, preds)]
+        # Score per item kind: one benchmark can mix kinds (MMMU has open items among MCQ; CareQA-V both).
+        by_kind = {"text_mcq": [], "open": [], "gen": []}
+        for it in items:
+            by_kind["text_mcq" if it.kind == "text_mcq" else "open" if it.kind in OPEN_KINDS else "gen"].append(it)
+        results = []
+        if by_kind["text_mcq"]:
+            preds = loglik_choices(model, processor, by_kind["text_mcq"], desc=f"eval {key}")
+            results += [score_result(it, p) for it, p in zip(by_kind["text_mcq"], preds)]
+        if by_kind["gen"]:
+            preds = generate(model, processor, by_kind["gen"], cfg.eval.max_new_tokens, cfg.eval.batch_size, f"eval {key}")
+            results += [score_result(it, p) for it, p in zip(by_kind["gen"], preds)]
+        if by_kind["open"]:
+            preds = generate(model, processor, by_kind["open"], cfg.eval.max_new_tokens, cfg.eval.batch_size, f"eval {key}")
+            results += _judge_open(ctx, key, by_kind["open"], preds, model, processor, bench)
         for r in results:
             r.benchmark = key
         with open(out_dir / f"{key}.jsonl", "w") as f:
@@ -145,36 +152,41 @@ def run(ctx) -> dict[str, Any]:
         ctx.tracker.table(f"eval/{key}/predictions", ["id", "prediction", "extracted", "score"],
                           [[r.id, r.prediction[:200], r.extracted, r.score] for r in results[:100]])
     metrics = {f"eval/{k}": v for k, v in summarise(all_results).items() if v is not None}
+    if cfg.eval.heart.enabled:
+        from aloevision.stages.heart_eval import run_heart
+
+        metrics.update({f"eval/{k}": v for k, v in run_heart(ctx, model, processor).items()})
     n = {f"eval_counts/{k}": v for k, v in counts(all_results).items()}
     ctx.tracker.summary(metrics)
-    report = {"model": path, "harness_status": status, "metrics": metrics, "counts": n}
+    report = {"model": path, "harness_status": status, "metrics": metrics, "counts": n, "load_stats": load_stats}
     (out_dir / "results.json").write_text(json.dumps(report, indent=1))
     ctx.tracker.stage_report("eval", report)
     ctx.tracker.add_paths(eval=out_dir)
     return report
 
 
-def _judge_open(ctx, key, items, preds, model, processor):
+def _judge_open(ctx, key, items, preds, model, processor, bench):
     """Open-ended answers scored 0 / 0.5 / 1 by the configured judges, combined by majority vote."""
     from aloevision.evaluation.judges import score_open
 
     results, report = score_open(items, preds, list(ctx.cfg.eval.judges), backend=ctx.cfg.eval.judge_backend,
-                                 self_model=(model, processor), out_dir=ctx.run_dir / "eval", name=f"judges_{key}")
+                                 self_model=(model, processor), out_dir=ctx.run_dir / "eval", name=f"judges_{key}",
+                                 labels_file=bench.options.get("human_labels") or ctx.cfg.eval.labels_file)
     ctx.tracker.stage_report(f"eval_judges_{key}", report)
     return results
 
 
-def _run_harness(ctx, key, bench, model_path) -> str:
-    from aloevision.evaluation.lm_eval_task import harness_status
+def _run_harness(ctx, key, bench, model, processor) -> str:
+    """External harnesses: run when installed and wired, otherwise reported as such — never faked."""
+    from aloevision.evaluation.lm_eval_task import harness_available, harness_status, run_benchmark
 
     state = harness_status(bench.harness)
-    if state != "installed":
+    if not harness_available(bench.harness):
         log.warning("benchmark %s: harness %s is %s; skipped (not faked)", key, bench.harness, state)
         return f"{bench.harness}: {state}"
     if bench.harness == "lm_eval":
-        from aloevision.evaluation.lm_eval_task import run_lm_eval
-
-        scores = run_lm_eval(model_path, bench, out_dir=ctx.run_dir / "eval")
-        ctx.tracker.summary({f"eval/{key}": v for k, v in scores.items() if k == key} | {f"eval/{k}": v for k, v in scores.items()})
-        return f"lm_eval: {scores}"
-    return f"{bench.harness}: installed but not wired (run it with its own CLI on {model_path})"
+        scores = run_benchmark(model, processor.tokenizer, key, bench, out_dir=ctx.run_dir / "eval",
+                               batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
+        ctx.tracker.summary({f"eval/{k}": v for k, v in scores.items()})
+        return f"lm_eval: {len(scores)} scores ({state})"
+    return f"{bench.harness}: {state}; not wired in this version: run it with its own CLI on the saved model"
