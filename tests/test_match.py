@@ -85,3 +85,47 @@ def test_swapped_sides_and_edge_cases():
         match(train, ev, -1)
     one = match([2**64 - 1, 5], [2**64 - 1], 0)
     assert one.tolist() == [(0, 0, 0)]
+
+
+def test_end_to_end_planted_leaks_and_gallery(tmp_path):
+    """Images -> hashes -> matches -> gallery: an exact copy leaks at radius 0, a re-encoded resized copy only at
+    radius > 0, an unrelated image never; a corrupt eval image is an error, and the gallery files are written."""
+    import io
+
+    from PIL import Image
+
+    from aloevision.leakage.gallery import LeakPair, write_gallery
+    from aloevision.leakage.phash import hash_many
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:240, 0:320]
+    imgs = []
+    for k in range(4):
+        a = np.stack([(xx * (k + 1) + yy) % 256, (yy * (k + 2)) % 256, (xx ^ yy * (k + 1)) % 256], -1)
+        imgs.append(Image.fromarray((a + rng.integers(0, 30, a.shape)).clip(0, 255).astype(np.uint8)))
+
+    def enc(im, fmt="PNG", **kw):
+        b = io.BytesIO()
+        im.save(b, format=fmt, **kw)
+        return b.getvalue()
+
+    train = [enc(im) for im in imgs[:3]]
+    ev = [train[0], enc(imgs[1].crop((2, 2, 320, 240)).resize((300, 225)), "JPEG", quality=60), enc(imgs[3]), b"\xff\xd8broken"]
+    th, terr = hash_many(train)
+    eh, eerr = hash_many(ev)
+    assert not terr and [i for i, _ in eerr] == [3]
+    ok = np.array([i for i in range(len(ev)) if i not in dict(eerr)])
+    exact = match(th, eh[ok], 0)
+    assert [(int(t), int(ok[e])) for t, e, _ in exact] == [(0, 0)]
+    d = bin(int(th[1]) ^ int(eh[1])).count("1")
+    assert 0 < d <= 6, d
+    near_ = match(th, eh[ok], d)
+    assert (1, 1) in {(int(t), int(ok[e])) for t, e, _ in near_}
+    assert 2 not in {int(ok[e]) for _, e, _ in near_}  # the unrelated image
+    pairs = [LeakPair(train[t], ev[ok[e]], "demo_source", "demo_eval", int(dist), int(th[t]), int(eh[ok[e]]))
+             for t, e, dist in near_]
+    pairs.append(LeakPair(str(tmp_path / "missing.png"), ev[3], "demo_source", "demo_eval", 0))
+    out = write_gallery(pairs, tmp_path / "gallery")
+    assert Image.open(out["png"]).size[0] > 0
+    page = out["html"].read_text()
+    assert page.count("<tr>") == len(pairs) + 1 and "missing_image" in page
