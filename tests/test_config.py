@@ -32,7 +32,7 @@ def test_every_source_file_composes(source, tmp_path):
 def test_every_experiment_composes(experiment, tmp_path):
     cfg = compose([f"+experiment={experiment}"], root=tmp_path)
     OmegaConf.resolve(cfg)
-    assert cfg.experiment == experiment
+    assert cfg.group == experiment
 
 
 def test_paper_recipes_carry_table6(tmp_path):

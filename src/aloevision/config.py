@@ -241,7 +241,6 @@ class WandbConfig:
     project: str = "aloe-vision"
     entity: Optional[str] = None
     mode: str = "auto"  # auto (online with credentials, else offline) | online | offline | disabled
-    group: Optional[str] = None  # default: the experiment name
     tags: List[str] = field(default_factory=list)
     dir: Optional[str] = None  # default: the run folder
 
@@ -272,7 +271,9 @@ class PlanConfig:
 class Config:
     stage: str = "all"
     seed: int = 0
-    experiment: str = "default"  # name of the experiment / sweep; the W&B group
+    # The experiment / sweep this run belongs to: the W&B group and the outputs/ folder. (`experiment` is the group of
+    # presets, `+experiment=<name>`; each preset sets this to its own name.)
+    group: str = "default"
     mixture: MixtureConfig = MISSING
     model: ModelConfig = MISSING
     cluster: ClusterConfig = MISSING

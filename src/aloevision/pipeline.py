@@ -117,7 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         choices=choices,
         overrides=overrides,
         wandb_cfg=OmegaConf.to_container(cfg.wandb, resolve=True),
-        group=cfg.wandb.group or cfg.experiment,
+        group=cfg.group,
         job_type=cfg.stage,
     )
     ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=ArtifactStore(cfg.paths.cache_dir))

@@ -17,7 +17,7 @@ def print_summary(cfg: DictConfig, results: dict) -> None:
     import json
 
     rec = json.loads((run_dir / RUN_RECORD).read_text())
-    table = Table(title=f"aloevision · {cfg.experiment} · stage={cfg.stage}", show_header=False)
+    table = Table(title=f"aloevision · {cfg.group} · stage={cfg.stage}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("where / value")
     table.add_row("run folder", str(run_dir))
