@@ -117,7 +117,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         choices=choices,
         overrides=overrides,
         wandb_cfg=OmegaConf.to_container(cfg.wandb, resolve=True),
-        group=cfg.group,
+        # A report run files itself under the group it reports on (its table sits beside the runs in W&B).
+        group=cfg.report.group if cfg.stage == "report" and cfg.report.group else cfg.group,
         job_type=cfg.stage,
     )
     ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=ArtifactStore(cfg.paths.cache_dir))
