@@ -1,0 +1,325 @@
+"""Stages `score` and `filter`: the semi-automatic quality filter of paper section 3 (engine: aloevision.scoring).
+
+`score` scores every training sample whose source has a threshold (LVLM tags + 1-5 score, answer perplexity) into
+the shared score store `<cache_dir>/scores/<scorer fingerprint>/`, which is append-only and resumable and keyed by
+the scorer only (not by thresholds), so every job of a sweep reuses it (`+experiment=ablation_filtering` scores once).
+
+Sharding (SLURM job array): a dedicated `stage=score` job with `cluster.data_shards=n > 1` running as array task `k`
+(env SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, checked against SLURM_ARRAY_TASK_COUNT; or config
+`cluster.data_shard=k` when the schema has it) scores only the samples with `shard_of(id, n) == k`. Sharding applies
+to `stage=score` only: under `stage=all` an array task is a sweep job, not a data shard.
+
+`filter` runs the scoring itself when `score` did not run unsharded in this job; it then only scores what the store
+lacks (after a score array: nothing), so its thresholds always see every score. It writes its report, per-source
+histograms and galleries, and the coverage heatmaps into `<run_dir>/filter/` and returns the removed ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from aloevision.config import ConfigError
+from aloevision.schema import Sample
+
+log = logging.getLogger(__name__)
+SCORES_DIR = "scores"  # under cfg.paths.cache_dir
+OUT_DIR = "filter"  # under the run folder
+
+
+# ---- sharding ----------------------------------------------------------------------------------------------------
+def shard_spec(cfg, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(k, n): which shard of the scoring work this job does. (0, 1) unless `cluster.data_shards` > 1 and this job
+    knows its index (SLURM array task, or `cluster.data_shard`)."""
+    env = os.environ if env is None else env
+    n = int(cfg.cluster.data_shards or 1)
+    if n <= 1:
+        return 0, 1
+    k = OmegaConf.select(cfg, "cluster.data_shard", default=None)
+    if k is None and env.get("SLURM_ARRAY_TASK_ID") not in (None, ""):
+        k = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN") or 0)
+        count = env.get("SLURM_ARRAY_TASK_COUNT")
+        if count and int(count) != n:
+            raise ConfigError(
+                f"cluster.data_shards={n} but this SLURM array has {count} tasks: launch the score array with "
+                f"--array=0-{n - 1} (or set cluster.data_shards={count}), else shards would be skipped or repeated"
+            )
+    if k is None:
+        return 0, 1  # not an array task: this job scores everything
+    k = int(k)
+    if not 0 <= k < n:
+        raise ConfigError(f"score shard {k} is outside 0..{n - 1} (cluster.data_shards={n})")
+    return k, n
+
+
+# ---- scoring -----------------------------------------------------------------------------------------------------
+def _open(ctx, shard: int, n_shards: int):
+    from aloevision import scoring
+
+    cfg = ctx.cfg
+    sc = cfg.filter.scorer
+    default_model = None
+    if not (sc.tag_model and sc.ppl_model):  # the run's model scores: build/locate it only when it is used
+        from aloevision.model.loading import checkpoint_path
+
+        default_model = checkpoint_path(cfg.model, cfg.paths.cache_dir)
+    return scoring.open_store(
+        Path(cfg.paths.cache_dir) / SCORES_DIR, sc, shard=shard, n_shards=n_shards, default_model=default_model,
+        max_length=int(cfg.model.max_length), min_pixels=int(cfg.model.min_pixels),
+        max_pixels=int(cfg.model.max_pixels),
+    )
+
+
+def _training_samples(ctx) -> Iterator[Sample]:
+    from aloevision.stages.ingest import iter_samples, training_artifacts
+
+    for _, folder in sorted(training_artifacts(ctx).items()):
+        yield from iter_samples(folder)
+
+
+def _count_lines(ctx) -> int:
+    from aloevision.stages.ingest import training_artifacts
+
+    n = 0
+    for folder in training_artifacts(ctx).values():
+        with open(Path(folder) / "samples.jsonl", "rb") as fh:
+            n += sum(1 for _ in fh)
+    return n
+
+
+def _score(ctx, shard: int, n_shards: int) -> dict[str, Any]:
+    """Score what the store lacks (of this shard); a summary with the model-call counts."""
+    from aloevision import scoring
+    from aloevision.utils.locks import file_lock
+
+    cfg = ctx.cfg
+    store, backend = _open(ctx, shard, n_shards)
+    needs: dict[str, bool] = {}
+    skipped: Counter = Counter()
+    computed: list[int] = [0]
+
+    def wanted(bar) -> Iterator[Sample]:
+        for s in _training_samples(ctx):
+            bar.update(1)
+            if s.source not in needs:
+                needs[s.source] = scoring.needs_scoring(s.source, cfg.filter)
+            if needs[s.source]:
+                yield s
+            else:
+                skipped[s.source] += 1
+
+    def on_batch(records) -> None:
+        computed[0] += len(records)
+        ctx.tracker.log({"score/computed": computed[0], "score/model_calls": sum(backend.calls.values())})
+
+    parse_failures: Counter = Counter()
+    ppl_failures: Counter = Counter()
+    oov: Counter = Counter()
+    n_records = 0
+    # One scorer per shard at a time: parallel sweep jobs wait here, then find the samples cached (no double work).
+    with file_lock(store.dir.parent / f".{store.dir.name}.{shard}-of-{n_shards}.lock"):
+        store.reload()  # records another job wrote while we waited
+        with tqdm(total=_count_lines(ctx), desc=f"score shard {shard}/{n_shards}", unit=" samples") as bar:
+            for _, rec in scoring.score_samples(wanted(bar), cfg.filter.scorer, store, backend=backend,
+                                                on_batch=on_batch):
+                n_records += 1
+                if rec.parse_failure:
+                    parse_failures[rec.parse_failure] += 1
+                if rec.ppl_failure:
+                    ppl_failures[rec.ppl_failure] += 1
+                for field, tags in rec.oov.items():
+                    oov[field] += len(tags)
+    summary = {
+        "store": str(store.dir),
+        "fingerprint": store.fingerprint,
+        "shard": shard,
+        "n_shards": n_shards,
+        "backend": cfg.filter.scorer.backend,
+        "tag_model": backend.tag_model,
+        "ppl_model": backend.ppl_model,
+        "samples": n_records,  # of this shard, in sources with thresholds
+        "computed": computed[0],
+        "cached": n_records - computed[0],
+        "model_calls": dict(backend.calls),
+        "model_calls_total": int(sum(backend.calls.values())),
+        "parse_failures": dict(parse_failures),
+        "ppl_failures": dict(ppl_failures),
+        "unknown_tags": dict(oov),
+        "torn_lines": store.torn_lines,
+        "not_scored_sources": dict(skipped),  # sources without any threshold
+    }
+    log.info("score: %d samples (%d computed, %d cached), %d model calls, parse failures %s",
+             n_records, computed[0], n_records - computed[0], summary["model_calls_total"], dict(parse_failures))
+    return summary
+
+
+def _write_score_report(out: Path, s: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "score_report.json").write_text(json.dumps(s, indent=1))
+    lines = [
+        "# Score report", "",
+        f"- scorer: `{s['backend']}` tags `{s['tag_model']}`, perplexity `{s['ppl_model']}`",
+        f"- store: `{s['store']}` (shard {s['shard']} of {s['n_shards']})",
+        f"- samples: {s['samples']} ({s['computed']} computed, {s['cached']} from the cache); "
+        f"model calls: {s['model_calls']}",
+        f"- parse failures: {s['parse_failures'] or 'none'}; perplexity failures: {s['ppl_failures'] or 'none'}",
+        f"- out-of-vocabulary tags dropped: {s['unknown_tags'] or 'none'}",
+        f"- not scored (no threshold applies): {s['not_scored_sources'] or 'none'}",
+    ]
+    path = out / "score_report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _log_score(ctx, s: dict[str, Any], stage: str) -> None:
+    ctx.tracker.summary({
+        f"{stage}/samples": s["samples"], f"{stage}/computed": s["computed"], f"{stage}/cached": s["cached"],
+        f"{stage}/model_calls": s["model_calls_total"],
+        f"{stage}/parse_failures": sum(s["parse_failures"].values()),
+        f"{stage}/unknown_tags": sum(s["unknown_tags"].values()),
+    })
+
+
+def run_score(ctx) -> dict[str, Any]:
+    """Stage `score`. Sharded only as a dedicated `stage=score` array job (see the module docstring)."""
+    cfg = ctx.cfg
+    if not cfg.filter.enabled:
+        log.info("score: filter=%s is disabled, nothing to score", cfg.filter.name)
+        return {"skipped": True}
+    shard, n_shards = shard_spec(cfg) if cfg.stage == "score" else (0, 1)
+    s = _score(ctx, shard, n_shards)
+    md = _write_score_report(ctx.run_dir / OUT_DIR, s)
+    _log_score(ctx, s, "score")
+    ctx.tracker.stage_report("score", s)
+    ctx.tracker.add_paths(score_report=md, score_store=s["store"])
+    return s
+
+
+# ---- filtering ---------------------------------------------------------------------------------------------------
+def _log_html(ctx, key: str, path: Path) -> None:
+    if ctx.tracker.run is None:
+        return
+    try:
+        import wandb
+
+        ctx.tracker.log({key: wandb.Html(path.read_text(encoding="utf-8"))})
+    except Exception as e:  # W&B must never fail the job
+        log.warning("W&B html %s failed (%s)", key, e)
+
+
+def _write_filter_md(path: Path, report: dict, scoring_summary: dict, review_paths: dict, cov: dict,
+                     coverage_note: str) -> None:
+    rows = report["per_source"]
+    reasons = [r for r in ("not_scored", "parse_failure", "low_score", "missing_perplexity", "low_perplexity",
+                           "high_perplexity")]
+    lines = ["# Quality filter report", "",
+             f"Scores: {scoring_summary['samples']} samples, {scoring_summary['computed']} computed, "
+             f"{scoring_summary['cached']} from the cache, {scoring_summary['model_calls_total']} model calls.", "",
+             "| source | total | kept | removed | " + " | ".join(reasons) + " | min_score | min_ppl | max_ppl |",
+             "|---|" + "---:|" * (3 + len(reasons)) + "---:|---:|---:|"]
+    for src, c in list(rows.items()) + [("TOTAL", {**report["total"], "thresholds": {}})]:
+        t = c["thresholds"]
+        lines.append(f"| {src} | {c['total']} | {c['kept']} | {c['removed']} | "
+                     + " | ".join(str(c[r]) for r in reasons) + " | "
+                     + " | ".join("-" if t.get(k) is None else f"{t[k]:g}" for k in ("min_score", "min_ppl", "max_ppl"))
+                     + " |")
+    lines += ["", "## Review (thresholds drawn; galleries of extremes and near-threshold examples)", ""]
+    for src, p in review_paths.items():
+        lines.append(f"- {src}: ![]({p['hist'].relative_to(path.parent)}) [gallery]({p['gallery'].relative_to(path.parent)})")
+    lines += ["", "## Coverage (paper Figure 1)", "", coverage_note, ""]
+    for name, c in cov.items():
+        lines.append(f"- {name}: {c['tagged']} tagged, {c['untagged']} untagged, {c['cells_covered']} cells "
+                     f"([csv]({c['csv'].relative_to(path.parent)}))  \n  ![]({c['png'].relative_to(path.parent)})")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run(ctx) -> dict[str, Any]:
+    """Stage `filter`: thresholds per source on the cached scores; report, review and coverage in <run>/filter/."""
+    from aloevision import scoring
+    from aloevision.scoring.store import ScoreStore
+    from aloevision.scoring.thresholds import iter_decisions
+
+    cfg = ctx.cfg
+    if not cfg.filter.enabled:
+        log.info("filter: filter=%s is disabled, every sample is kept", cfg.filter.name)
+        return {"excluded_ids": [], "report": {"enabled": False}, "skipped": True}
+
+    prior = ctx.results.get("score") or {}
+    if prior.get("n_shards") == 1 and not prior.get("skipped"):
+        scored = prior  # scored in full earlier in this job
+    else:
+        scored = _score(ctx, 0, 1)  # everything the store lacks: nothing when a score array or earlier job ran
+    out = ctx.run_dir / OUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    store = ScoreStore(Path(scored["store"]).parent, scored["fingerprint"])
+    all_scores = store.all()
+
+    leaked = set((ctx.results.get("leakage") or {}).get("excluded_ids", []))
+    report = scoring.FilterReport()
+    drops, run_scores, final_records = [], {}, []
+    unscored_final = 0
+    for s, drop in iter_decisions(_training_samples(ctx), all_scores, cfg.filter, report):
+        rec = all_scores.get(s.id)
+        if rec is not None:
+            run_scores[s.id] = rec  # the shared store also holds other mixtures' samples: review only ours
+        if drop is not None:
+            drops.append(drop)
+        elif s.id not in leaked:
+            if rec is not None:
+                final_records.append(rec)
+            else:
+                unscored_final += 1
+    paths = report.write(out)
+    with open(out / "drops.jsonl", "w") as fh:
+        for d in drops:
+            fh.write(json.dumps(d.to_dict()) + "\n")
+
+    review_paths = scoring.review(_training_samples(ctx), run_scores, cfg.filter, out / "review")
+    # The final mixture's samples = kept here and not removed by leakage; the mix stage's own selection (caps,
+    # rebalancing) is not applied yet, so these heatmaps are of the filtered pool.
+    cov = scoring.coverage(final_records, out / "coverage")
+    coverage_note = (f"Over the {len(final_records)} scored samples kept by the filter"
+                     f"{' and the leakage stage' if leaked else ''} (the mixture's pool before the mix stage's "
+                     f"selection); {unscored_final} kept samples of sources without thresholds are not tagged.")
+    md = out / "filter_report.md"
+    rep = report.to_dict()
+    _write_filter_md(md, rep, scored, review_paths, cov, coverage_note)
+
+    # W&B: the per-source table, metrics, histograms, galleries, heatmaps
+    rows = report.rows()
+    cols = list(rows[0])
+    ctx.tracker.table("filter/report", cols, [[r[c] for c in cols] for r in rows])
+    by_reason = Counter(d.reason for d in drops)
+    ctx.tracker.summary({"filter/kept": rep["total"]["kept"], "filter/removed": rep["total"]["removed"],
+                         **{f"filter/removed_{r}": n for r, n in by_reason.items()}})
+    _log_score(ctx, scored, "filter/score")
+    for src, p in review_paths.items():
+        ctx.tracker.image(f"filter/hist/{src}", p["hist"], caption=f"{src}: score and perplexity, thresholds dashed")
+        _log_html(ctx, f"filter/gallery/{src}", p["gallery"])
+    for name, c in cov.items():
+        ctx.tracker.image(f"filter/coverage/{name}", c["png"], caption=f"coverage {name} (n={c['tagged']})")
+
+    result = {
+        "excluded_ids": sorted(d.id for d in drops),
+        "report": rep,
+        "drops_by_reason": dict(by_reason),
+        "scoring": scored,
+        "coverage": {k: {kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in v.items()} for k, v in cov.items()},
+        "coverage_samples": len(final_records),
+        "review": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in review_paths.items()},
+        "paths": {"dir": str(out), "report_md": str(md), "report_json": str(paths["json"]),
+                  "report_csv": str(paths["csv"]), "drops": str(out / "drops.jsonl")},
+    }
+    ctx.tracker.stage_report("filter", {k: v for k, v in result.items() if k != "excluded_ids"}
+                             | {"excluded": len(drops)})
+    ctx.tracker.add_paths(filter_report=md)
+    log.info("filter: kept %d, removed %d %s; report %s", rep["total"]["kept"], rep["total"]["removed"],
+             dict(by_reason), md)
+    return result
