@@ -203,9 +203,10 @@ def build_ar_set(
     cfg: AttackConfig | None = None,
     drops: Sequence[Drop] = (),
     source: str = "fracatlas_ar",
+    progress: bool = False,
 ) -> ArSetResult:
     """Write ``out_dir/ar_set.jsonl`` (one Sample per line), ``out_dir/images/``, ``out_dir/drops.jsonl`` and
-    ``out_dir/counts.json``. Streams: one image in memory at a time."""
+    ``out_dir/counts.json``. Streams: one image in memory at a time. ``progress``: a tqdm bar over the samples."""
     recipe = recipe or ArRecipe()
     cfg = cfg or AttackConfig()
     out = Path(out_dir)
@@ -217,8 +218,13 @@ def build_ar_set(
     tmp = out / f".ar_set.jsonl.{os.getpid()}.tmp"
     clean_images: dict[str, str] = {}  # unattacked images written once per item
     prepared: tuple[str, Any] | None = None  # the last prepared image, reused by the item's other variants
+    steps: Iterable[tuple[BaseItem, str, int]] = plan
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(plan, desc="AR set", unit=" samples", leave=False)
     with open(tmp, "w", encoding="utf-8") as f:
-        for it, v, k in plan:
+        for it, v, k in steps:
             try:
                 if prepared is None or prepared[0] != it.id:
                     prepared = (it.id, prepare_image(it.image, cfg))
