@@ -32,7 +32,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from aloevision.config import CATEGORIES, ConfigError
 
@@ -500,17 +500,66 @@ def make_plan(
     train: Any = None,
     total_loss_tokens: float | None = None,
     stats_meta: dict[str, Any] | None = None,
+    reference_steps: int | None = None,
 ) -> Plan:
+    """The mixture plan plus its training arithmetic. `reference_steps` (when given) overrides the mixture's own,
+    e.g. the steps of a reference mixture planned on the same stats (`reference_steps_from`)."""
     plan = plan_mixture(mixture, stats, seed=seed, total_loss_tokens=total_loss_tokens)
     plan.stats = dict(stats_meta or {})
     if recipe is not None:
+        ref = reference_steps if reference_steps is not None else _get(mixture, "reference_steps")
         plan.training = plan_training(
-            plan.samples, recipe, cluster, reference_steps=_get(mixture, "reference_steps"),
+            plan.samples, recipe, cluster, reference_steps=ref or None,
             micro_batch_size=_get(train, "micro_batch_size"),
             gradient_accumulation_steps=_get(train, "gradient_accumulation_steps"),
             world_size=_get(train, "world_size"),
         )
     return plan
+
+
+def reference_steps_from(
+    cfg, stats: list[SourceStats], load_mixture: Callable[[str], Any] | None = None
+) -> int | None:
+    """Optimizer steps a smaller mixture must reach (paper Appendix D): those of `mixture.reference_mixture`
+    (a mixture name, e.g. `final`) planned on the SAME stats with the same recipe, else `mixture.reference_steps`.
+
+    A named reference keeps the rule true on any data: with the paper's Table 1 it is the paper's 3,487 steps; on
+    the demo data it is the final mixture's few demo steps (a fixed 3,487 there would mean thousands of tiny steps).
+    The run's own mixture as its reference means no extra steps."""
+    mixture = cfg.mixture
+    ref = _get(mixture, "reference_mixture")
+    if not ref:
+        return _get(mixture, "reference_steps")
+    if str(ref) == str(_get(mixture, "name")):
+        return 0  # the reference itself: its own recipe epochs
+    ref_mix = (load_mixture or compose_mixture)(str(ref))
+    model = _get(cfg, "model")
+    ref_plan = make_plan(ref_mix, stats, _get(model, "recipe"), _get(cfg, "cluster"), seed=int(_get(cfg, "seed", 0)),
+                         train=_get(cfg, "train"), total_loss_tokens=_get(ref_mix, "total_loss_tokens"),
+                         reference_steps=0)
+    return ref_plan.training.total_steps if ref_plan.training else None
+
+
+def compose_mixture(name: str):
+    """`conf/mixture/<name>.yaml` composed with this run's other overrides (so e.g. source caps match)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"mixture={name}"]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides += [o for o in HydraConfig.get().overrides.task
+                      if not o.lstrip("+~").startswith(("mixture", "hydra", "experiment", "+experiment"))]
+    except ValueError:  # not inside a Hydra app (tests, notebooks)
+        pass
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=overrides).mixture
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    if not conf.is_dir():
+        raise PlanError(f"mixture.reference_mixture={name}: cannot find the config folder {conf}")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides).mixture
 
 
 def run_plan(cfg, out_dir: str | Path, stats_path: str | Path | None = None, console=None) -> Plan:
@@ -524,6 +573,7 @@ def run_plan(cfg, out_dir: str | Path, stats_path: str | Path | None = None, con
     plan = make_plan(
         cfg.mixture, stats, _get(model, "recipe"), _get(cfg, "cluster"), seed=int(_get(cfg, "seed", 0)),
         train=_get(cfg, "train"), total_loss_tokens=_get(cfg.mixture, "total_loss_tokens"), stats_meta=meta,
+        reference_steps=reference_steps_from(cfg, stats) if _get(model, "recipe") is not None else None,
     )
     plan.write(Path(out_dir) / "plan.json")
     print_plan(plan, console=console, model=_get(model, "name"), cluster=_get(_get(cfg, "cluster"), "name"))

@@ -1,0 +1,51 @@
+"""Stage `plan`: what a run will cost (samples, loss tokens per category, steps, epochs, GPUs, GPU-hours) from
+per-source token statistics alone.
+
+`plan.stats=<csv|json>` plans without touching any data: the paper's Table 1
+(`src/aloevision/data/paper_table1.csv`) or the `source_stats.json` a previous run's tokens stage wrote (in its run
+folder). Without `plan.stats` the stats are measured on this run's data (ingest + tokens, both cached).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aloevision.planning import PlanError, plan_training
+
+
+def check_batch(cfg) -> None:
+    """The global-batch arithmetic, before anything runs (names the three factors when they disagree)."""
+    t = cfg.train
+    plan_training(cfg.model.recipe.global_batch_size, cfg.model.recipe, cfg.cluster,
+                  micro_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+                  world_size=t.world_size)
+
+
+def run(ctx) -> dict[str, Any]:
+    from aloevision.planning import run_plan
+
+    cfg = ctx.cfg
+    check_batch(cfg)
+    stats_path = None
+    if not cfg.plan.stats:
+        from aloevision.stages import tokens
+
+        res = ctx.results.get("tokens") or tokens.run(ctx)
+        ctx.results["tokens"] = res
+        stats_path = res["stats"]
+    try:
+        plan = run_plan(cfg, ctx.run_dir, stats_path=stats_path)
+    except PlanError:
+        raise
+    d = plan.to_dict()
+    cols = ["source", "category", "fraction", "samples", "loss_tokens", "share", "requested_share"]
+    ctx.tracker.table("plan/sources", cols, [[s["label"], s["category"], s["fraction"], s["samples"],
+                                              s["loss_tokens"], s["share"], s["requested_share"]] for s in d["sources"]])
+    tr = d.get("training") or {}
+    ctx.tracker.summary({f"plan/{k}": tr[k] for k in ("total_steps", "epochs", "steps_per_epoch", "gpus", "nodes",
+                                                      "gpu_hours") if tr.get(k) is not None}
+                        | {"plan/samples": d["samples"], "plan/loss_tokens": d["loss_tokens"]})
+    ctx.tracker.stage_report("plan", {"plan": str(ctx.run_dir / "plan.json"), "stats": d["stats"].get("path"),
+                                      "training": tr})
+    ctx.tracker.add_paths(plan=ctx.run_dir / "plan.json")
+    return d
