@@ -112,6 +112,28 @@ def test_bit_identical_to_imagehash(name, data):
     assert 0 <= ref < 2**64
 
 
+def test_fast_false_is_pillows_path_with_the_same_bits():
+    """`fast=False` (LeakageConfig.fast_hash=False) must not touch the numba resize and must give identical hashes,
+    so both settings share one cache."""
+    refs = [d for _, d in CORPUS]
+    slow, serr = hash_many(refs, fast=False)
+    quick, qerr = hash_many(refs)
+    assert serr == qerr and np.array_equal(slow, quick)
+    from aloevision.leakage import _resample
+
+    calls = []
+    orig = _resample.resize32
+    _resample.resize32 = lambda px: calls.append(1) or orig(px)
+    try:
+        small_image(Image.open(io.BytesIO(CORPUS[0][1])), fast=False)
+        assert not calls
+        if fast_path_enabled():
+            small_image(Image.open(io.BytesIO(CORPUS[0][1])))
+            assert calls
+    finally:
+        _resample.resize32 = orig
+
+
 def test_modes_covered():
     modes = {Image.open(io.BytesIO(d)).mode for _, d in CORPUS}
     assert {"L", "I;16", "I", "F", "RGB", "RGBA", "P", "CMYK", "LA", "1"} <= modes, modes

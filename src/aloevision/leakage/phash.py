@@ -143,12 +143,14 @@ def _fast_pixels(img: Image.Image) -> tuple[np.ndarray, Any] | None:
     return None  # RGB without Arrow: Pillow's C convert + a 1-byte copy beats a 3-byte copy
 
 
-def small_image(img: Image.Image) -> np.ndarray:
-    """The 32x32 grey image imagehash computes the DCT of (``img.convert("L").resize((32, 32), LANCZOS)``)."""
+def small_image(img: Image.Image, fast: bool | None = None) -> np.ndarray:
+    """The 32x32 grey image imagehash computes the DCT of (``img.convert("L").resize((32, 32), LANCZOS)``).
+    ``fast=False`` forces Pillow's own convert/resize (imagehash's code path); None/True use the numba resize when
+    :func:`fast_path_enabled` (which never enables it unverified). Both give identical bits."""
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ValueError(f"empty image {w}x{h}")
-    if fast_path_enabled():
+    if fast is not False and fast_path_enabled():
         from ._resample import resize32
 
         got = _fast_pixels(img)
@@ -175,9 +177,9 @@ def hashes_from_small(small: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
-def phash_image(img: Image.Image) -> int:
+def phash_image(img: Image.Image, fast: bool | None = None) -> int:
     """pHash of a Pillow image as an int in [0, 2**64); equals ``int(str(imagehash.phash(img)), 16)``."""
-    return int(hashes_from_small(small_image(img))[0])
+    return int(hashes_from_small(small_image(img, fast))[0])
 
 
 # ------------------------------------------------------------------------------------------ files and bytes
@@ -221,19 +223,19 @@ def decode(data: bytes, name: str = "<bytes>") -> Image.Image:
     return img
 
 
-def _small_from_bytes(data: bytes, name: str) -> np.ndarray:
+def _small_from_bytes(data: bytes, name: str, fast: bool | None = None) -> np.ndarray:
     img = decode(data, name)
     try:
-        return small_image(img)
+        return small_image(img, fast)
     except Exception as e:  # a mode Pillow cannot convert to L, a zero-size frame, ...
         raise _image_error("corrupt_image", f"{name}: cannot hash ({type(e).__name__}: {e})") from None
 
 
-def phash_file(ref: ImageRef, reader: Reader | None = None) -> int:
+def phash_file(ref: ImageRef, reader: Reader | None = None, fast: bool | None = None) -> int:
     """pHash of an image file, ``archive::member`` reference or encoded bytes. Raises ``ImageError`` on bad input."""
     data = (reader or default_reader)(ref)
     name = "<bytes>" if isinstance(ref, (bytes, bytearray, memoryview)) else os.fspath(ref)
-    return int(hashes_from_small(_small_from_bytes(data, name))[0])
+    return int(hashes_from_small(_small_from_bytes(data, name, fast))[0])
 
 
 # ------------------------------------------------------------------------------------------------- batches
@@ -247,13 +249,15 @@ def _describe(e: BaseException) -> str:
 
 
 def hash_many(refs: Iterable[ImageRef], workers: int = 1, progress: bool = False, reader: Reader | None = None,
-              cache: "PHashCache | None" = None, chunk_size: int = 512) -> tuple[np.ndarray, list[tuple[int, str]]]:
+              cache: "PHashCache | None" = None, chunk_size: int = 512,
+              fast: bool | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """pHash every reference. Returns ``(hashes, errors)``: ``hashes[i]`` is the uint64 hash of ``refs[i]`` (0 where
     it failed) and ``errors`` lists ``(i, reason)`` for each reference that could not be read or decoded; nothing
     raises for a bad image. Threads parallelise (decoders and the resize kernels release the GIL).
 
     With a :class:`~aloevision.leakage.cache.PHashCache`, images are keyed by the sha1 of their bytes: an image
-    already hashed (by any process, any earlier run) is read but not decoded, and new hashes are stored."""
+    already hashed (by any process, any earlier run) is read but not decoded, and new hashes are stored.
+    ``fast=False`` hashes with Pillow's resize (imagehash's own path); the bits, and so the cache, are the same."""
     refs = list(refs)
     read = reader or default_reader
     n = len(refs)
@@ -261,7 +265,8 @@ def hash_many(refs: Iterable[ImageRef], workers: int = 1, progress: bool = False
     errors: list[tuple[int, str]] = []
     if n == 0:
         return out, errors
-    fast_path_enabled()  # compile + self-check once, before threads start
+    if fast is not False:
+        fast_path_enabled()  # compile + self-check once, before threads start
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -278,7 +283,7 @@ def hash_many(refs: Iterable[ImageRef], workers: int = 1, progress: bool = False
                 if hit is not None:
                     return i, int(hit), None
             name = "<bytes>" if isinstance(ref, (bytes, bytearray, memoryview)) else str(ref)
-            return i, _small_from_bytes(data, name), digest
+            return i, _small_from_bytes(data, name, fast), digest
         except Exception as e:  # every failure becomes a counted error, never a crash of the batch
             return i, e, None
 
