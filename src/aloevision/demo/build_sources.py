@@ -33,7 +33,8 @@ from aloevision.demo.archives import write_split, write_tar_gz, write_tar_zst, w
 from aloevision.demo.context import BuildContext
 from aloevision.demo.images import encode, in_mode, make_fracture_xray, make_photo
 from aloevision.demo.qa import (
-    MODALITY_LONG, MODALITY_STEM, TEXT_FACTS, article, caption, long_caption, qa_pairs, random_scene,
+    MODALITY_LONG, MODALITY_STEM, TEXT_FACTS, Scene, article, caption, closed_questions, long_caption, qa_pairs,
+    random_scene,
 )
 from aloevision.demo.vocabulary import BODY_PARTS, COLORS, GENERAL_TOPICS, SHAPES
 
@@ -72,6 +73,22 @@ def bomb_png(size: tuple[int, int] = BOMB_SIZE) -> bytes:
 
 def _conv(q: str, a: str) -> list[dict[str, str]]:
     return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+
+# Extra records per source that ask closed questions (lettered MCQ, yes/no) about a fresh scan, appended after the
+# original rows so every planted defect keeps its row. Sources whose native records hold one exchange get one
+# question per record; conversational ones (MeCoVQA, Med-GRIT, Cambrian) ask every closed question about the image.
+N_CLOSED = {"pubmedvision": 10, "medmax": 10, "mecovqa": 90, "medgrit": 90, "cambrian": 60}
+
+
+def closed_scene(ctx: BuildContext, rng: np.random.Generator, fmt: str = "JPEG", **kw) -> tuple[Scene, bytes]:
+    """A random scene and its encoded bytes, redrawn until it is pHash-far from every evaluation image."""
+    for _ in range(50):
+        s = random_scene(rng, **kw)
+        data = encode(s.scan.image, fmt, quality=90)
+        if ctx.far_from_eval(Image.open(io.BytesIO(data))):
+            return s, data
+    raise RuntimeError("demo generator: 50 scenes in a row were pHash-near an evaluation image")
 
 
 # ----------------------------------------------------------------------------------------------------- PubMedVision
@@ -118,6 +135,15 @@ def build_pubmedvision(ctx: BuildContext, n: int = 30) -> None:
         if i == 11:  # a CMYK JPEG (printing-press colour space shows up in PMC figures)
             zips[i % 2][paths[0]] = encode(in_mode(s0.scan.image, "CMYK"), "JPEG", quality=90)
             ctx.plant("image_mode", **where, mode="CMYK", member=paths[0])
+    for i in range(n, n + N_CLOSED["pubmedvision"]):  # closed VQA records (one question each, as PubMedVision)
+        rng = ctx.rng("pubmedvision", i)
+        rid = 700 + i
+        s, data = closed_scene(ctx, rng)
+        path = f"images/pmc_{rid}_0.jpg"
+        zips[i % 2][path] = data
+        q, a = closed_questions(s, rng)[0]
+        records.append({"id": f"Alignment_VQA_{rid}", "image": [path], "body_part": _pick(rng, BODY_PARTS),
+                        "modality": MODALITY_LONG[s.modality], "conversations": _conv(q, a)})
     ctx.write_json(f"{base}/PubMedVision_Alignment_VQA.json", records)
     for k, members in enumerate(zips):
         write_zip(ctx.path(f"{base}/images_{k}.zip"), members)
@@ -166,6 +192,15 @@ def build_medmax(ctx: BuildContext, n: int = 30) -> None:
         if data is not None:
             members[img_path] = data
         rows.append(row)
+    for i in range(n, n + N_CLOSED["medmax"]):  # closed VQA rows (PMC-VQA / SLAKE style, one question each)
+        rng = ctx.rng("medmax", i)
+        s, data = closed_scene(ctx, rng)
+        src = ("pmc_vqa", "slake")[i % 2]
+        img_path = f"images/{src}/{src}_{i:05d}.jpg"
+        q, a = closed_questions(s, rng)[0]
+        members[img_path] = data
+        rows.append({"text": f"<image>\n{q}{MEDMAX_SEPARATOR}{a}", "tokens": [int(t) for t in rng.integers(4, 8192, 6)],
+                     "image_path": img_path, "task": "VQA", "source": src, "credential": "no"})
     ctx.write_jsonl(f"{base}/train.jsonl", rows)
     tgz = write_tar_gz(ctx.root / f"{base}/images.tar.gz.tmp", members)
     (ctx.root / f"{base}/images.tar.gz.tmp").unlink()
@@ -236,6 +271,21 @@ def build_mecovqa(ctx: BuildContext, n: int = 30) -> None:
         else:
             q, a = qa_pairs(s)[int(rng.integers(len(qa_pairs(s))))]
             vqa.append({"id": f"complex_{i}", "image": img_rel, "conversations": _conv(img_tok + q, a)})
+    for i in range(n, n + N_CLOSED["mecovqa"]):  # closed multi-turn VQA about one image
+        rng = ctx.rng("mecovqa", i)
+        s, data = closed_scene(ctx, rng, fmt="PNG")
+        stem = f"{MODALITY_STEM[s.modality]}_{i:05d}"
+        img_rel = f"images/{stem}.png"
+        ctx.write_bytes(f"{base}/SAMed2Dv1/{img_rel}", data)
+        index[img_rel] = []
+        if s.position is not None:
+            mask_rel = f"masks/{stem}_{s.finding}.png"
+            ctx.write_bytes(f"{base}/SAMed2Dv1/{mask_rel}", _mask_png(s.scan.image.size, s.scan.box))
+            index[img_rel] = [mask_rel]
+        conv = []
+        for k, (q, a) in enumerate(closed_questions(s, rng)):
+            conv += _conv(("<image>\n" if k == 0 and i % 2 == 0 else "") + q, a)
+        vqa.append({"id": f"closed_{i}", "image": img_rel, "conversations": conv})
     ctx.write_json(f"{base}/MeCoVQA_Complex+Region_VQA_train+Public_VQA.json", vqa)
     ctx.write_json(f"{base}/MeCoVQA_Grounding_train.json", grounding)
     ctx.write_json(f"{base}/SAMed2Dv1/SAMed2D_v1.json", index)
@@ -278,6 +328,15 @@ def build_medgrit(ctx: BuildContext, n: int = 30) -> None:
         records.append({"id": rid, "conversations": pairs})
         ctx.expect("medgrit", rid, box_1000=list(s.scan.box_1000()), task=task,
                    coord_variant="float_0_1" if as_float else "int_0_1000")
+    for i in range(n, n + N_CLOSED["medgrit"]):  # closed questions as multi-turn [question, answer] pairs
+        rng = ctx.rng("medgrit", i)
+        s, data = closed_scene(ctx, rng, fmt="PNG", p_normal=0.0)
+        rid = f"{MODALITY_STEM[s.modality]}_{i:05d}"
+        rel = f"images/{rid}.png"
+        ctx.write_bytes(f"{base}/{rel}", data)
+        pairs = [[q, a] for q, a in closed_questions(s, rng)]
+        pairs[0][0] = f"<img>{rel}</img>\n" + pairs[0][0]
+        records.append({"id": rid, "conversations": pairs})
     ctx.write_json(f"{base}/MedGRIT_demo_train_chatlm_img_coord.json", records)
     ctx.register_source("medgrit", path=base, files=["MedGRIT_demo_train_chatlm_img_coord.json"], images=".")
 
@@ -363,6 +422,15 @@ def build_cambrian(ctx: BuildContext, n: int = 30) -> None:
             ctx.plant("path_escape", source="cambrian", row=i, record=rid, image=row["image"],
                       data_file=f"{base}/jsons/Cambrian10M.jsonl")
         rows.append(row)
+    for i in range(n, n + N_CLOSED["cambrian"]):  # PathVQA-like closed questions, multi-turn LLaVA format
+        rng = ctx.rng("cambrian", i)
+        s, data = closed_scene(ctx, rng)
+        rel = f"pathvqa/images/train_{i:04d}.jpg"
+        tars["pathvqa"][rel] = data
+        conv = []
+        for k, (q, a) in enumerate(closed_questions(s, rng)):
+            conv += _conv(("<image>\n" if k == 0 else "") + q, a)
+        rows.append({"id": f"cambrian_{i:05d}", "image": rel, "conversations": conv})
     ctx.write_jsonl(f"{base}/jsons/Cambrian10M.jsonl", rows)
     for name, members in tars.items():
         write_tar_gz(ctx.path(f"{base}/{name}.tar.gz"), members)

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 SEED = 20260527
+# Training images added for the closed questions must stay farther than this (64-bit pHash, bits) from every
+# evaluation image, so only the planted leaks are near-duplicates of evaluation images.
+MIN_EVAL_DISTANCE = 9
 
 
 class BuildContext:
@@ -24,10 +27,24 @@ class BuildContext:
         self.sources: dict[str, dict[str, Any]] = {}
         # source -> native record id -> what an adapter should derive (e.g. the tight box on the 1000 grid)
         self.expected: dict[str, dict[str, Any]] = {}
+        self._eval_hashes: Any = None  # (n, 64) bool pHash bits of the evaluation images, computed on first use
 
     def rng(self, *key: object) -> np.random.Generator:
         """An independent, stable random stream per key (adding a builder never shifts another one's data)."""
         return np.random.default_rng([SEED, zlib.crc32("/".join(map(str, key)).encode())])
+
+    def far_from_eval(self, img: Any, min_bits: int = MIN_EVAL_DISTANCE) -> bool:
+        """Whether `img` (as it will be encoded) is at least `min_bits` pHash bits from every evaluation image."""
+        import imagehash
+        from PIL import Image
+
+        if self._eval_hashes is None:
+            hashes = [imagehash.phash(Image.open(io.BytesIO(e["bytes"]))).hash.ravel() for e in self.eval_images.values()]
+            self._eval_hashes = np.array(hashes, dtype=bool).reshape(len(hashes), -1)
+        if not len(self._eval_hashes):
+            return True
+        h = imagehash.phash(img).hash.ravel()
+        return int((self._eval_hashes != h).sum(axis=1).min()) >= min_bits
 
     def plant(self, kind: str, **info: Any) -> None:
         self.planted.append({"kind": kind, **info})

@@ -138,3 +138,54 @@ def qa_pairs(s: Scene) -> list[tuple[str, str]]:
     if s.position:
         out.insert(0, ("Where is the finding located?", f"The {s.finding} is in the {s.position} region."))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ closed questions
+# Real VQA training sets (PubMedVision, MedMax's PMC-VQA/SLAKE rows, Cambrian's PathVQA, LLaVA-1.5 data) carry
+# closed questions too: lettered options with LLaVA-1.5's MCQ instruction, and yes/no questions. The demo sources
+# carry them in each source's own record format so a trained model learns to answer in the format the benchmarks
+# ask (and can beat chance); the wording is the one the evaluation prompts use.
+MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+YESNO_INSTRUCTION = "Answer yes or no."
+LETTERS = "ABCD"
+POSITION_QUESTIONS = [
+    "Where is the finding located?", "Where is the finding located in the image?",
+    "In which region of the image is the finding?",
+]
+MODALITY_QUESTIONS = [
+    "What imaging modality is this?", "What imaging modality is shown in the image?",
+    "Which modality is used to take this image?",
+]
+
+
+def _pick(rng: np.random.Generator, seq):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def mcq_prompt(question: str, options: list[str]) -> str:
+    lines = "\n".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(options))
+    return f"{question}\n{lines}\n{MCQ_INSTRUCTION}"
+
+
+def _mcq(rng: np.random.Generator, question: str, correct: str, pool: list[str]) -> tuple[str, str]:
+    opts = [pool[k] for k in rng.permutation(len(pool))]
+    return mcq_prompt(question, opts), LETTERS[opts.index(correct)]
+
+
+def closed_questions(s: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Every closed question type about a scene, once each, in random order: (prompt, short answer).
+
+    MCQ answers are the option letter; yes/no answers are "yes"/"no", half of them adversarial (a wrong modality or
+    a wrong quadrant, as ProbMed pairs them)."""
+    out = [_mcq(rng, _pick(rng, MODALITY_QUESTIONS), s.modality, MODALITIES)]
+    wrong_mod = _pick(rng, [m for m in MODALITIES if m != s.modality])
+    m = s.modality if rng.random() < 0.5 else wrong_mod
+    out.append((f"Is this {article(m)} image?\n{YESNO_INSTRUCTION}", "yes" if m == s.modality else "no"))
+    if s.position is not None:
+        out.append(_mcq(rng, _pick(rng, POSITION_QUESTIONS), s.position, POSITIONS))
+        p = s.position if rng.random() < 0.5 else _pick(rng, [q for q in POSITIONS if q != s.position])
+        out.append((f"Is there a {s.finding} in the {p} region?\n{YESNO_INSTRUCTION}",
+                    "yes" if p == s.position else "no"))
+    else:
+        out.append((f"Is there a {s.finding} in this image?\n{YESNO_INSTRUCTION}", "no"))
+    return [out[k] for k in rng.permutation(len(out))]

@@ -25,6 +25,8 @@ FILLER = (
     "Please explain step by step. The patient presented with pain and fever. Treatment includes rest and fluids. "
     "Question: Answer: Options: Yes. No. This is a normal study with no acute findings. "
     "A chest radiograph of an adult with clear lung fields. Region of interest. Bounding box. "
+    # the closed-question instructions of the demo data and the evaluation prompts
+    "Answer with the option's letter from the given choices directly. Answer yes or no. Answer the question briefly. "
 )
 
 
@@ -33,6 +35,10 @@ def corpus_sentences() -> list[str]:
     for m, o, f, p in itertools.product(MODALITIES, ORGANS, FINDINGS, POSITIONS):
         out.append(f"This {m} image of the {o} shows a {f} in the {p} region.")
         out.append(f"Is there a {f} in the {p} of this {m} scan of the {o}? The answer is yes.")
+    for m in MODALITIES:
+        out.append(f"Is this an {m} image? Which modality is used to take this image?\nA. {m}\nB. {m}")
+    for p in POSITIONS:
+        out.append(f"Where is the finding located in the image?\nC. {p}\nD. {p}")
     for c, s in itertools.product(COLORS, SHAPES):
         out.append(f"What color is the shape? The shape is a {c} {s}. What shape is in the picture? A {s}.")
     out.append("Is there a fracture in this X-ray? The bone shows a fracture. No fracture is seen. " * 2)
