@@ -1,21 +1,31 @@
-"""Stage `mix`: the ready-to-train mixture, a Hugging Face dataset of parquet shards with the images embedded.
+"""Stage `mix`: the ready-to-train mixture, a Hugging Face dataset of parquet shards with the images embedded,
+rebalanced by loss tokens.
 
 Rows are exactly TRL's vision SFT format (`messages` + `images`, plus `id`, `source`, `category`), so the released
 mixture trains with any TRL setup and no project code: `load_dataset("parquet", data_dir=<artifact>/data)`.
-Samples removed by upstream stages (leakage, filter) are excluded by id; the composition table (samples per source
-and category) is written beside it.
+
+Steps, all streaming (one sample in memory at a time; `datasets` writes Arrow in batches):
+1. the per-sample token statistics of every source (stage `tokens`, cached);
+2. the available statistics: samples not removed upstream (leakage, filter: by id) and trainable
+   (`too_many_tokens` and other token-stage drops excluded);
+3. the plan (`aloevision.planning`): per-source sampling fractions meeting `mixture.targets` in loss tokens, and the
+   training arithmetic (total steps) the trainer follows;
+4. selection (seeded hash of the id, `select_samples`): `copies` rows per kept sample;
+5. the Table 1-style composition (markdown, CSV, W&B table; requested vs observed) and a token-allocation chart.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
-from collections import Counter
+import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
-MIX_VERSION = "1"
+MIX_VERSION = "2"
 ROWS_PER_SHARD = 5000
 
 
@@ -34,39 +44,6 @@ def features():
     )
 
 
-def _rows(ingest_dirs: dict[str, str], excluded: set[str]) -> Iterator[dict[str, Any]]:
-    from aloevision.images import read_image_bytes
-    from aloevision.stages.ingest import iter_samples
-
-    for _, d in sorted(ingest_dirs.items()):
-        for s in iter_samples(d):
-            if s.id in excluded:
-                continue
-            messages = [
-                {"role": m["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in m["content"]]}
-                for m in s.messages
-            ]
-            images = [{"bytes": read_image_bytes(ref), "path": None} for ref in s.images]
-            yield {"id": s.id, "source": s.source, "category": s.category, "messages": messages, "images": images}
-
-
-def _build(ingest_dirs: dict[str, str], excluded: set[str], hf_cache: str, out: Path) -> None:
-    from datasets import Dataset
-
-    ds = Dataset.from_generator(
-        _rows, gen_kwargs={"ingest_dirs": ingest_dirs, "excluded": excluded}, features=features(), cache_dir=hf_cache
-    )
-    data = out / "data"
-    data.mkdir(parents=True)
-    n_shards = max(1, -(-len(ds) // ROWS_PER_SHARD))
-    for i in range(n_shards):
-        ds.shard(n_shards, i, contiguous=True).to_parquet(str(data / f"train-{i:05d}-of-{n_shards:05d}.parquet"))
-    comp = Counter((r["source"], r["category"]) for r in ds.select_columns(["source", "category"]))
-    (out / "composition.json").write_text(
-        json.dumps([{"source": s, "category": c, "samples": n} for (s, c), n in sorted(comp.items())], indent=1)
-    )
-
-
 def excluded_ids(ctx) -> set[str]:
     """Ids removed by the stages between ingest and mix (leakage, filter) in this run."""
     out: set[str] = set()
@@ -76,26 +53,276 @@ def excluded_ids(ctx) -> set[str]:
     return out
 
 
-def run(ctx) -> dict[str, Any]:
+def _token_stream(tokens_dirs: dict[str, str], excluded: set[str]) -> Iterator[tuple[str, str, dict]]:
+    """(folder key, source name, token record) of every trainable sample (not excluded, not dropped)."""
+    from aloevision.stages.tokens import iter_token_records
+
+    for key, d in sorted(tokens_dirs.items()):
+        for rec in iter_token_records(d):
+            if "drop" in rec or rec["id"] in excluded:
+                continue
+            yield key, rec["source"], rec
+
+
+def available_stats(tokens_arts: dict[str, Any], excluded: set[str]) -> tuple[list, dict[str, int]]:
+    """Per-source SourceStats of the trainable samples, and counts of token-stage drops / upstream exclusions."""
+    from aloevision.planning import SourceStats
+
+    meta = {}
+    for art in tokens_arts.values():
+        for r in art.read_json("source_stats.json")["sources"]:
+            meta[r["name"]] = r
+    acc: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    skipped = {"excluded": 0, "token_drops": 0}
+    from aloevision.stages.tokens import iter_token_records
+
+    for art in tokens_arts.values():
+        for rec in iter_token_records(art.path):
+            if "drop" in rec:
+                skipped["token_drops"] += 1
+            elif rec["id"] in excluded:
+                skipped["excluded"] += 1
+            else:
+                a = acc[rec["source"]]
+                a[0] += 1
+                for i, k in enumerate(("loss", "total", "text", "image"), 1):
+                    a[i] += rec[k]
+    stats = []
+    for name, m in sorted(meta.items()):
+        a = acc.get(name, [0, 0, 0, 0, 0])
+        stats.append(SourceStats(name=name, domain=m["domain"], modality=m["modality"], samples=a[0],
+                                 loss_tokens=a[1], total_tokens=a[2], text_tokens=a[3], image_tokens=a[4]))
+    return stats, skipped
+
+
+def _rows(ingest_dirs: dict[str, str], tokens_dirs: dict[str, str], excluded: set[str],
+          fractions: dict[str, float], seed: int) -> Iterator[dict[str, Any]]:
+    from aloevision.images import read_image_bytes
+    from aloevision.planning import copies_for
+    from aloevision.stages.ingest import iter_samples
+    from aloevision.stages.tokens import iter_token_records
+
+    for key in sorted(ingest_dirs):
+        for s, rec in zip(iter_samples(ingest_dirs[key]), iter_token_records(tokens_dirs[key]), strict=True):
+            if rec["id"] != s.id:
+                raise RuntimeError(f"tokens artifact {tokens_dirs[key]} is out of step with {ingest_dirs[key]} "
+                                   f"({rec['id']} != {s.id}); delete it to rebuild")
+            if "drop" in rec or s.id in excluded:
+                continue
+            k = copies_for(s.id, s.source, fractions.get(s.source, 1.0), seed)
+            if not k:
+                continue
+            messages = [
+                {"role": m["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in m["content"]]}
+                for m in s.messages
+            ]
+            images = [{"bytes": read_image_bytes(ref), "path": None} for ref in s.images]
+            for c in range(k):  # repeats (fraction > 1) get distinct ids
+                yield {"id": s.id if c == 0 else f"{s.id}#{c}", "source": s.source, "category": s.category,
+                       "messages": messages, "images": images, "loss_tokens": rec["loss"]}
+
+
+def _build(ingest_dirs, tokens_dirs, excluded, plan: dict, seed: int, hf_cache: str, out: Path) -> None:
+    from datasets import Dataset
+
+    fractions = {s["name"]: s["fraction"] for s in plan["sources"]}
+    gen = {"ingest_dirs": ingest_dirs, "tokens_dirs": tokens_dirs, "excluded": excluded, "fractions": fractions,
+           "seed": seed}
+    feats = features()
+    from datasets import Value
+
+    feats["loss_tokens"] = Value("int64")
+    ds = Dataset.from_generator(_rows, gen_kwargs=gen, features=feats, cache_dir=hf_cache)
+    observed: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for batch in ds.select_columns(["source", "category", "loss_tokens"]).iter(batch_size=10_000):
+        for s, c, lt in zip(batch["source"], batch["category"], batch["loss_tokens"]):
+            o = observed[(s, c)]
+            o[0] += 1
+            o[1] += lt
+    ds = ds.remove_columns(["loss_tokens"])  # the released rows are TRL's format only
+    data = out / "data"
+    data.mkdir(parents=True)
+    n_shards = max(1, -(-len(ds) // ROWS_PER_SHARD))
+    for i in range(n_shards):
+        ds.shard(n_shards, i, contiguous=True).to_parquet(str(data / f"train-{i:05d}-of-{n_shards:05d}.parquet"))
+    comp = composition(plan, observed)
+    (out / "composition.json").write_text(json.dumps(comp, indent=1))
+    (out / "plan.json").write_text(json.dumps(plan, indent=1))
+    write_composition(out, comp)
+
+
+def composition(plan: dict, observed: dict[tuple[str, str], list[int]]) -> list[dict[str, Any]]:
+    """Table 1-style rows: per source then per category (and a total), planned vs observed samples and loss
+    tokens, observed and requested share of loss tokens."""
+    total_lt = sum(v[1] for v in observed.values()) or 1
+    by_source = {s: v for (s, _), v in observed.items()}
+    rows = []
+    cats = {c["category"]: c for c in plan["categories"]}
+    for cat in list(cats) + sorted({c for (_, c) in observed if c not in cats}):
+        cp = cats.get(cat, {})
+        members = [s for s in plan["sources"] if s["category"] == cat]
+        extra = sorted(s for (s, c) in observed if c == cat and s not in {m["name"] for m in members})
+        for s in members + [{"name": n, "label": n, "fraction": 1.0, "samples": None, "loss_tokens": None,
+                             "requested_share": None} for n in extra]:
+            o = by_source.get(s["name"], [0, 0])
+            rows.append({"level": "source", "source": s["label"], "category": cat, "fraction": s["fraction"],
+                         "samples": o[0], "loss_tokens": o[1], "share": o[1] / total_lt,
+                         "planned_samples": s["samples"], "planned_loss_tokens": s["loss_tokens"],
+                         "requested_share": s["requested_share"]})
+        o = [sum(by_source.get(m["name"], [0, 0])[i] for m in members) + sum(by_source[n][i] for n in extra)
+             for i in (0, 1)]
+        rows.append({"level": "category", "source": "", "category": cat, "fraction": None, "samples": o[0],
+                     "loss_tokens": o[1], "share": o[1] / total_lt, "planned_samples": cp.get("samples"),
+                     "planned_loss_tokens": cp.get("loss_tokens"), "requested_share": cp.get("requested_share")})
+    rows.append({"level": "total", "source": "", "category": "total", "fraction": None,
+                 "samples": sum(v[0] for v in observed.values()), "loss_tokens": sum(v[1] for v in observed.values()),
+                 "share": 1.0, "planned_samples": plan["samples"], "planned_loss_tokens": plan["loss_tokens"],
+                 "requested_share": None})
+    return rows
+
+
+COLUMNS = ["level", "source", "category", "fraction", "samples", "loss_tokens", "share", "requested_share",
+           "planned_samples", "planned_loss_tokens"]
+
+
+def _fmt(v: Any, col: str) -> str:
+    if v is None:
+        return ""
+    if col in ("share", "requested_share"):
+        return f"{v:.1%}"
+    if col == "fraction":
+        return f"{v:.4f}"
+    return f"{v:,.0f}" if isinstance(v, (int, float)) else str(v)
+
+
+def write_composition(out: Path, comp: list[dict[str, Any]]) -> None:
+    with open(out / "composition.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows({k: r[k] for k in COLUMNS} for r in comp)
+    lines = ["# Mixture composition (Table 1 style)", "",
+             "Observed = rows written (repeats counted); share = observed share of loss tokens; requested = the "
+             "mixture's target (empty: natural share).", "",
+             "| " + " | ".join(COLUMNS[1:]) + " |", "|---|---|" + "---:|" * (len(COLUMNS) - 3)]
+    for r in comp:
+        cells = [_fmt(r[c], c) for c in COLUMNS[1:]]
+        if r["level"] != "source":
+            cells = [f"**{c}**" if c else "" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "composition.md").write_text("\n".join(lines) + "\n")
+    _chart(out / "token_allocation.png", comp)
+
+
+def _chart(path: Path, comp: list[dict[str, Any]]) -> None:
+    """Loss-token share per category (observed vs requested) and per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = [r for r in comp if r["level"] == "category"]
+    srcs = [r for r in comp if r["level"] == "source"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
+    x = range(len(cats))
+    a.bar([i - 0.2 for i in x], [100 * r["share"] for r in cats], 0.4, label="observed")
+    a.bar([i + 0.2 for i in x], [100 * (r["requested_share"] or 0) for r in cats], 0.4, label="requested",
+          color="lightgray", edgecolor="gray")
+    a.set_xticks(list(x), [r["category"].replace("_", "\n") for r in cats], fontsize=8)
+    a.set_ylabel("% of loss tokens")
+    a.legend(fontsize=8)
+    a.set_title("per category")
+    b.barh([r["source"] for r in srcs], [r["loss_tokens"] for r in srcs],
+           color=[f"C{[c['category'] for c in cats].index(r['category']) % 10}" for r in srcs])
+    b.invert_yaxis()
+    b.set_xlabel("loss tokens (observed, repeats counted)")
+    b.set_title("per source")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_plan(ctx, stats: list, tokens_arts: dict[str, Any]) -> dict[str, Any]:
+    """The mixture's plan on the measured (available) stats; the reference's steps on the same stats."""
+    from aloevision.planning import make_plan, reference_steps_from
+
     cfg = ctx.cfg
+    ref_stats = list(stats)
+    have = {s.name for s in stats}
+    from aloevision.stages import tokens as tok
+
+    extra = tok.reference_sources(cfg)
+    if extra:  # the reference's other sources, measured the same way (cached)
+        extra_arts = tok.source_artifacts(ctx, tok.ingest_sources(ctx, extra))
+        more, _ = available_stats(extra_arts, set())
+        ref_stats += [s for s in more if s.name not in have]
+    plan = make_plan(cfg.mixture, stats, cfg.model.recipe, cfg.cluster, seed=int(cfg.seed), train=cfg.train,
+                     total_loss_tokens=cfg.mixture.total_loss_tokens, stats_meta={"measured": True},
+                     reference_steps=reference_steps_from(cfg, ref_stats))
+    return plan.to_dict()
+
+
+def push_to_hub(ctx, data_dir: Path) -> str | None:
+    """Upload the parquet shards when `mix.push_to_hub=<repo id>` is set AND Hub credentials exist; never fails
+    the run."""
+    from aloevision.planning import _get
+
+    repo = _get(_get(ctx.cfg, "mix"), "push_to_hub")
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import HfApi, get_token
+
+        if not (get_token() or os.environ.get("HF_TOKEN")):
+            log.warning("mix.push_to_hub=%s: no Hugging Face credentials; not pushed", repo)
+            return None
+        api = HfApi()
+        api.create_repo(str(repo), repo_type="dataset", exist_ok=True, private=True)
+        api.upload_folder(folder_path=str(data_dir), path_in_repo="data", repo_id=str(repo), repo_type="dataset")
+        return str(repo)
+    except Exception as e:  # an upload must never lose the built mixture
+        log.warning("push_to_hub %s failed: %s", repo, e)
+        return None
+
+
+def run(ctx) -> dict[str, Any]:
+    from aloevision.stages import tokens as tok
     from aloevision.stages.ingest import training_artifacts
 
+    cfg = ctx.cfg
     sources = training_artifacts(ctx)
+    tokens_arts = tok.source_artifacts(ctx, sources)
     excluded = excluded_ids(ctx)
+    stats, skipped = available_stats(tokens_arts, excluded)
+    plan = build_plan(ctx, stats, tokens_arts)
+    tokens_dirs = {k: str(a.path) for k, a in tokens_arts.items()}
     key = {
         "ingest": {k: Path(v).name for k, v in sources.items()},
+        "tokens": {k: a.path.name for k, a in tokens_arts.items()},
         "excluded": sorted(excluded),
+        "fractions": {s["name"]: round(s["fraction"], 9) for s in plan["sources"]},
+        "seed": int(cfg.seed),
         "version": MIX_VERSION,
     }
     hf_cache = str(Path(cfg.paths.cache_dir) / "hf_datasets")
-    art = ctx.store.get_or_build("mix", key, lambda tmp: _build(sources, excluded, hf_cache, tmp))
+    art = ctx.store.get_or_build(
+        "mix", key, lambda tmp: _build(sources, tokens_dirs, excluded, plan, int(cfg.seed), hf_cache, tmp))
     comp = art.read_json("composition.json")
-    ctx.tracker.table("mix/composition", ["source", "category", "samples"], [[c["source"], c["category"], c["samples"]] for c in comp])
-    total = sum(c["samples"] for c in comp)
-    ctx.tracker.summary({"mix/samples": total})
-    ctx.tracker.stage_report("mix", {"artifact": str(art.path), "samples": total, "composition": comp})
-    ctx.tracker.add_paths(mixture=art.path / "data")
-    return {"path": str(art.path), "data": str(art.path / "data"), "samples": total, "composition": comp}
+    # The run's own plan (training arithmetic can differ between runs sharing one mixture artifact).
+    (ctx.run_dir / "plan.json").write_text(json.dumps(plan, indent=1))
+    for name in ("composition.md", "composition.csv", "token_allocation.png"):
+        (ctx.run_dir / f"mix_{name}").write_bytes((art.path / name).read_bytes())
+    ctx.tracker.table("mix/composition", COLUMNS, [[r[c] for c in COLUMNS] for r in comp])
+    ctx.tracker.image("mix/token_allocation", art.path / "token_allocation.png", caption="loss-token allocation")
+    total = next(r for r in comp if r["level"] == "total")
+    tr = plan.get("training") or {}
+    ctx.tracker.summary({"mix/samples": total["samples"], "mix/loss_tokens": total["loss_tokens"],
+                         **({"mix/total_steps": tr["total_steps"]} if tr else {})})
+    pushed = push_to_hub(ctx, art.path / "data")
+    ctx.tracker.stage_report("mix", {"artifact": str(art.path), "samples": total["samples"], "skipped": skipped,
+                                     "composition": comp, "training": tr, "pushed": pushed})
+    ctx.tracker.add_paths(mixture=art.path / "data", composition=ctx.run_dir / "mix_composition.md")
+    return {"path": str(art.path), "data": str(art.path / "data"), "samples": total["samples"],
+            "composition": comp, "plan": plan, "skipped": skipped}
 
 
 def load_mixture(ctx):

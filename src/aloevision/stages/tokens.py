@@ -3,8 +3,8 @@
 One cached artifact per source, keyed by that source's ingest artifact and the processor's identity, so every
 mixture of a sweep (and a later `stage=plan`) shares them. Each artifact holds, streamed:
 
-* `stats.jsonl`: one line per ingested sample, in ingest order: `{"id", "total", "loss", "text", "image",
-  "images"}` or `{"id", "drop": reason, "detail"}` for samples that cannot be trained on (`too_many_tokens`:
+* `stats.jsonl`: one line per ingested sample, in ingest order: `{"id", "source", "total", "loss", "text", "image",
+  "images"}` or `{"id", "source", "drop": reason, "detail"}` for samples that cannot be trained on (`too_many_tokens`:
   longer than `model.max_length`, the paper's 4096 rule; unreadable images, ...);
 * `drops.jsonl` and `report.json` (counts per reason);
 * `source_stats.json`: the per-source summary `aloevision.planning.load_stats` reads.
@@ -60,9 +60,9 @@ def _count_source(folder: str, counter_fn, name: str, out: Path) -> None:
                 if isinstance(r, Drop):
                     reasons[r.reason] += 1
                     fd.write(json.dumps(r.to_dict()) + "\n")
-                    fs.write(json.dumps({"id": s.id, "drop": r.reason, "detail": r.detail}) + "\n")
+                    fs.write(json.dumps({"id": s.id, "source": s.source, "drop": r.reason, "detail": r.detail}) + "\n")
                 else:
-                    fs.write(json.dumps({"id": s.id, **r.to_dict()}) + "\n")
+                    fs.write(json.dumps({"id": s.id, "source": s.source, **r.to_dict()}) + "\n")
                     yield s, r
 
     rows = summarize(records())  # summarised on the fly: no sample is held
@@ -92,6 +92,31 @@ def source_artifacts(ctx, folders: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def reference_sources(cfg) -> dict[str, Any]:
+    """Sources of `mixture.reference_mixture` that this run's mixture lacks: their stats are needed to compute the
+    reference's optimizer steps on the same data (`aloevision.planning.reference_steps_from`)."""
+    from aloevision.planning import _get, compose_mixture
+
+    ref = _get(cfg.mixture, "reference_mixture")
+    if not ref or str(ref) == str(cfg.mixture.name):
+        return {}
+    have = {s.name for s in cfg.mixture.sources.values()}
+    return {k: v for k, v in compose_mixture(str(ref)).sources.items() if v.name not in have}
+
+
+def ingest_sources(ctx, sources: dict[str, Any]) -> dict[str, str]:
+    """Ingest artifacts (cached, same key as the ingest stage) for sources outside this run's mixture."""
+    from aloevision.stages import ingest
+
+    out = {}
+    for key, src in sources.items():
+        art_key = {"source": OmegaConf.to_container(src, resolve=True), "stamp": ingest.data_stamp(src.path),
+                   "seed": ctx.cfg.seed, "version": ingest.INGEST_VERSION}
+        art = ctx.store.get_or_build("ingest", art_key, lambda tmp, s=src: ingest._ingest_source(s, ctx.cfg.seed, tmp))
+        out[key] = str(art.path)
+    return out
+
+
 def iter_token_records(artifact_dir: str | Path) -> Iterator[dict[str, Any]]:
     """The per-sample lines of a tokens artifact, in ingest order."""
     with open(Path(artifact_dir) / "stats.jsonl") as f:
@@ -115,6 +140,8 @@ def run(ctx) -> dict[str, Any]:
     from aloevision.stages.ingest import training_artifacts
 
     folders = training_artifacts(ctx)
+    # The reference mixture's other sources are measured too, so a later plan can compute the reference's steps.
+    folders |= {k: v for k, v in ingest_sources(ctx, reference_sources(ctx.cfg)).items() if k not in folders}
     arts = source_artifacts(ctx, folders)
     rows = merged_stats(arts)
     reports = {k: a.read_json("report.json") for k, a in arts.items()}

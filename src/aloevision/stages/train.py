@@ -43,8 +43,14 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def batch_plan(cfg: DictConfig, n_samples: int) -> dict[str, Any]:
-    """Micro batch, accumulation and steps for this run, checked against the recipe's global batch."""
+def batch_plan(cfg: DictConfig, n_samples: int, mix_plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Micro batch, accumulation and steps for this run, checked against the recipe's global batch.
+
+    Steps: what the mix stage's plan says (`mix_plan["training"]`, `aloevision.planning`: the recipe's epochs, or
+    fractional epochs reaching the reference mixture's steps, paper Appendix D). When this run's global batch differs
+    from the plan's (a local run of a cluster recipe), the plan's epochs are kept and the steps follow this batch.
+    Without a plan (a mixture built elsewhere), the same rule from `mixture.reference_steps`. `train.max_steps`
+    overrides everything."""
     r = cfg.model.recipe
     micro = cfg.train.micro_batch_size or r.micro_batch_size
     accum = cfg.train.gradient_accumulation_steps or r.gradient_accumulation_steps
@@ -57,16 +63,24 @@ def batch_plan(cfg: DictConfig, n_samples: int) -> dict[str, Any]:
                 f"but global_batch_size is {r.global_batch_size}; fix one of the three factors"
             )
     steps_per_epoch = max(1, n_samples // global_batch)
-    epochs = float(r.epochs)
-    ref = cfg.mixture.reference_steps
-    if ref and steps_per_epoch * epochs < ref:
-        # Paper Appendix D: smaller mixtures train proportionally longer, to at least the reference's steps.
-        epochs = math.ceil(ref / steps_per_epoch)
-    total = int(steps_per_epoch * epochs)
+    tr = (mix_plan or {}).get("training")
+    if tr:
+        epochs = float(tr["epochs"])
+        if global_batch == tr["global_batch_size"]:
+            total, source = int(tr["total_steps"]), "plan"
+        else:
+            total, source = math.ceil(round(epochs * steps_per_epoch, 6)), "plan epochs x this run's steps/epoch"
+    else:
+        epochs, source = float(r.epochs), "recipe"
+        ref = cfg.mixture.reference_steps
+        if ref and steps_per_epoch * epochs < ref:
+            # Paper Appendix D: smaller mixtures train proportionally longer (fractional epochs, as the planner).
+            epochs, source = ref / steps_per_epoch, "mixture.reference_steps"
+        total = math.ceil(round(epochs * steps_per_epoch, 6))
     if cfg.train.max_steps:
-        total = int(cfg.train.max_steps)
+        total, source = int(cfg.train.max_steps), "train.max_steps"
     return dict(micro=micro, accum=accum, world_size=ws, global_batch=global_batch,
-                steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=total)
+                steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=total, steps_from=source)
 
 
 def _sft_config(cfg: DictConfig, out: Path, plan: dict[str, Any], use_cpu: bool):
@@ -117,7 +131,7 @@ def run(ctx) -> dict[str, Any]:
 
     cfg = ctx.cfg
     train_ds = load_mixture(ctx)
-    plan = batch_plan(cfg, len(train_ds))
+    plan = batch_plan(cfg, len(train_ds), (ctx.results.get("mix") or {}).get("plan"))
     use_cpu = not torch.cuda.is_available()
     base = resolve_init_from(cfg.train.init_from) if cfg.train.init_from else checkpoint_path(cfg.model, cfg.paths.cache_dir)
     processor = load_processor_for(cfg.model, checkpoint_path(cfg.model, cfg.paths.cache_dir) if cfg.train.init_from and not Path(base, "tokenizer_config.json").is_file() else base)
