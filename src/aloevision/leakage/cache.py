@@ -93,10 +93,11 @@ class PHashCache:
                 i = int(np.searchsorted(keys, k))
                 if i < len(keys) and keys[i] == k:
                     v = int(self._vals[i])
-        if v is None:
-            self.misses += 1
-        else:
-            self.hits += 1
+        with self._lock:  # hash_many calls this from several threads; stage reports rely on exact counts
+            if v is None:
+                self.misses += 1
+            else:
+                self.hits += 1
         return v
 
     def get_many(self, digests: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +113,9 @@ class PHashCache:
             v = self._pending.get(bytes(digests[j]))
             if v is not None:
                 vals[j], found[j] = v, True
-        self.hits += int(found.sum())
-        self.misses += int((~found).sum())
+        with self._lock:
+            self.hits += int(found.sum())
+            self.misses += int((~found).sum())
         return vals, found
 
     # ------------------------------------------------------------------------------------------- writing
