@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 PAPER_TAG_MODEL = "Qwen/Qwen2.5-VL-72B-Instruct"
 PAPER_PPL_MODEL = "Qwen/Qwen2-VL-7B-Instruct"
 BACKENDS = ("transformers", "vllm", "rules")
-RULES_TAGGER = "rules-v1"  # the tag_model identity of the rules backend (part of the score cache key)
+RULES_TAGGER = "rules-v2"  # the tag_model identity of the rules backend (part of the score cache key)
 
 
 class ScorerBackend(Protocol):

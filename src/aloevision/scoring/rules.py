@@ -11,6 +11,9 @@ judge. The score only catches answers whose TYPE does not fit the question:
 - a yes/no question answered with neither yes nor no      -> SQ 3 (answers like "There is a mass..." are legitimate)
 - anything else                                           -> SQ 4 (rules can never certify a 5)
 
+A lettered multiple-choice answer ("C", "(C)", "C. MRI") is read as the text of the option it picks, so the checks
+above judge the choice, not the letter; a letter that is not one of the question's options scores 1.
+
 The sample's score is its worst question/answer pair. Tags are vocabulary terms and aliases found in the question
 and answer text, in order of first mention; a field with no match gets `Other`.
 """
@@ -31,6 +34,8 @@ _YESNO_A = re.compile(r"\b(yes|no|not|none|absent|present)\b", re.I)
 _LOCATION_A = re.compile(
     r"\b(left|right|upper|lower|superior|inferior|anterior|posterior|medial|lateral|central|centre|center|middle|"
     r"top|bottom|region|lobe|quadrant|side|apex|base|proximal|distal)\b|<\|box_start\|>", re.I)
+_OPTION = re.compile(r"^\s*\(?([A-J])[.)]\s+(.+?)\s*$", re.M)  # "A. CT" / "(B) MRI" lines of an MCQ question
+_LETTER_A = re.compile(r"^\s*\(?([A-J])\)?(?:[.):]\s*.*)?\s*$", re.S)  # "C", "(C)", "C.", "C. MRI"
 _DESCRIBE_Q = re.compile(r"\b(describe|description|caption|what (does|do) .* show)\b", re.I)
 # A specific body part implies its general body part and a likely field (first match wins).
 _SBP_TO_GBP = {"Brain": "Head", "Eyes": "Head", "Ears": "Head", "Nose": "Head", "Teeth": "Head", "Throat": "Neck",
@@ -76,10 +81,26 @@ def keyword_tags(text: str) -> dict[str, list[str]]:
     return tags
 
 
+def resolve_choice(question: str, answer: str) -> tuple[str, bool]:
+    """(the answer as option text, whether it is valid): a lettered answer to a question with lettered options
+    becomes the chosen option's text; anything else is returned unchanged."""
+    options = dict(_OPTION.findall(question))
+    m = _LETTER_A.match(answer)
+    if len(options) < 2 or not m:
+        return answer, True
+    letter = m.group(1)
+    if letter not in options:
+        return answer, False
+    return f"{options[letter]} {answer}", True
+
+
 def pair_score(question: str, answer: str) -> tuple[int, str]:
     """Score one question/answer pair and say which rule decided it."""
     if not answer.strip():
         return 1, "empty answer"
+    answer, valid = resolve_choice(question, answer)
+    if not valid:
+        return 1, "option letter not among the question's options"
     if _MODALITY_Q.search(question) and not keyword_tags(answer)["MOD"]:
         return 1, "modality question, no modality in answer"
     if _WHERE_Q.search(question) and not _LOCATION_A.search(answer):
@@ -102,7 +123,8 @@ def sample_type(question: str) -> str:
 def rules_output(messages: list[dict], n_images: int) -> str:
     """The tagging line for a conversation, as an LVLM following Appendix A.1 would write it."""
     pairs = qa_pairs(messages) or [("", "")]
-    text = "\n".join(f"{q}\n{a}" for q, a in pairs)
+    # Tags from the question stem and the CHOSEN option: the unchosen options of an MCQ say nothing about the image.
+    text = "\n".join(f"{_OPTION.sub('', q)}\n{resolve_choice(q, a)[0]}" for q, a in pairs)
     tags = keyword_tags(text)
     sbp = tags["SBP"]
     if not tags["GBP"]:
