@@ -43,6 +43,8 @@ class MixtureConfig:
     max_repeat: float = 1.0  # a source may be repeated up to this factor to meet a target
     # Smaller ablation mixtures train for at least the optimizer steps of this reference (paper Appendix D).
     reference_steps: Optional[int] = None
+    # ... or the steps of this mixture planned on the same stats with the same recipe (e.g. "final").
+    reference_mixture: Optional[str] = None
     share_tolerance: float = 0.0005  # observed shares may differ from targets by this much (Table 1 sums to 99.9%)
     total_loss_tokens: Optional[float] = None  # optional budget: then a source too small for its share is an error
 
@@ -263,6 +265,11 @@ class ReportConfig:
 
 
 @dataclass
+class MixConfig:
+    push_to_hub: Optional[str] = None  # a Hub dataset repo id; uploaded only when credentials exist
+
+
+@dataclass
 class PlanConfig:
     stats: Optional[str] = None  # CSV/JSON of per-source token statistics; None: measured by this run's data
 
@@ -285,6 +292,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 

@@ -69,6 +69,10 @@ def _stages() -> dict[str, Stage]:
     return found
 
 
+# Order of `stage=all`. `hash` runs inside `leakage`, `score` inside `filter`, `plan` inside `mix`.
+ALL_ORDER = ("ingest", "leakage", "filter", "adversarial", "tokens", "mix", "train", "eval", "report")
+
+
 def stages_for(cfg: DictConfig) -> list[Stage]:
     available = _stages()
     if cfg.stage == "all":
