@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -36,7 +35,8 @@ def check_heart_config(cfg: DictConfig) -> None:
     if not hc.sources:
         raise ConfigError("eval.heart.enabled=true but eval.heart.sources is empty: give classification/detection "
                           "evaluation sets as base-item JSONL (+eval.heart.sources.<name>=<file>, format in "
-                          "aloevision/adversarial/heart_sources.py), use `{demo: demo}`, or set eval.heart.enabled=false")
+                          "aloevision/adversarial/heart_sources.py), use `{demo: demo}`, or set "
+                          "eval.heart.enabled=false")
     from aloevision.adversarial.heart import _is_ar
 
     ar_path = None
