@@ -106,7 +106,8 @@ def test_shard_spec():
 
     cfg = OmegaConf.create({"cluster": {"data_shards": 4}})
     assert shard_spec(cfg, {}) == (0, 1)  # not an array task: everything
-    assert shard_spec(cfg, {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}) == (2, 4)
+    array_task = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert shard_spec(cfg, array_task) == (2, 4)
     assert shard_spec(OmegaConf.create({"cluster": {"data_shards": 1}}), {"SLURM_ARRAY_TASK_ID": "3"}) == (0, 1)
     with pytest.raises(ConfigError, match="array has 8 tasks"):
         shard_spec(cfg, {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "8"})
@@ -139,7 +140,8 @@ def test_rules_scorer_reads_lettered_choices():
     q = "What imaging modality is shown in the image?\nA. CT\nB. Ultrasound\nC. MRI\nD. X-ray\nAnswer with the letter."
 
     def score(answer: str):
-        return parse_output(rules_output([turn("user", image_part(), text_part(q)), turn("assistant", text_part(answer))], 1))
+        msgs = [turn("user", image_part(), text_part(q)), turn("assistant", text_part(answer))]
+        return parse_output(rules_output(msgs, 1))
 
     for answer in ("C", "(C)", "C. MRI"):
         p = score(answer)

@@ -216,9 +216,9 @@ def _log_html(ctx, key: str, path: Path) -> None:
 
 def _write_filter_md(path: Path, report: dict, scoring_summary: dict, review_paths: dict, cov: dict,
                      coverage_note: str) -> None:
+    from aloevision.scoring.thresholds import REASONS as reasons
+
     rows = report["per_source"]
-    reasons = [r for r in ("not_scored", "parse_failure", "low_score", "missing_perplexity", "low_perplexity",
-                           "high_perplexity")]
     lines = ["# Quality filter report", "",
              f"Scores: {scoring_summary['samples']} samples, {scoring_summary['computed']} computed, "
              f"{scoring_summary['cached']} from the cache, {scoring_summary['model_calls_total']} model calls.", "",
@@ -232,7 +232,8 @@ def _write_filter_md(path: Path, report: dict, scoring_summary: dict, review_pat
                      + " |")
     lines += ["", "## Review (thresholds drawn; galleries of extremes and near-threshold examples)", ""]
     for src, p in review_paths.items():
-        lines.append(f"- {src}: ![]({p['hist'].relative_to(path.parent)}) [gallery]({p['gallery'].relative_to(path.parent)})")
+        hist, gallery = p["hist"].relative_to(path.parent), p["gallery"].relative_to(path.parent)
+        lines.append(f"- {src}: ![]({hist}) [gallery]({gallery})")
     lines += ["", "## Coverage (paper Figure 1)", "", coverage_note, ""]
     for name, c in cov.items():
         lines.append(f"- {name}: {c['tagged']} tagged, {c['untagged']} untagged, {c['cells_covered']} cells "
@@ -311,7 +312,7 @@ def run(ctx) -> dict[str, Any]:
         "report": rep,
         "drops_by_reason": dict(by_reason),
         "scoring": scored,
-        "coverage": {k: {kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in v.items()} for k, v in cov.items()},
+        "coverage": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()} for k, v in cov.items()},
         "coverage_samples": len(final_records),
         "review": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in review_paths.items()},
         "paths": {"dir": str(out), "report_md": str(md), "report_json": str(paths["json"]),
