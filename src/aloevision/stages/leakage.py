@@ -15,10 +15,11 @@ Sharding (SLURM job array): a dedicated `stage=hash` job with `cluster.data_shar
 (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, checked against SLURM_ARRAY_TASK_COUNT; or `cluster.data_shard=k` when
 the schema has it) hashes only the training samples with `shard_of(sample_id, n) == k` and the eval images with
 `shard_of("<set>/<item id>", n) == k` into the content cache, and builds no artifact. The `stage=leakage` job that
-follows (or `stage=all`) then builds the artifacts with every image a cache hit (read + sha1, no decode). E.g.
-`python launch.py -m stage=hash cluster=marenostrum5 hydra/launcher=... hydra.launcher.array_parallelism=64` with
-`--array=0-63`, then `python launch.py stage=leakage`. Locally, without an array, `stage=hash` hashes everything
-with `cluster.cpus_per_task` threads (the decoders and resize kernels release the GIL).
+follows (or `stage=all`) then builds the artifacts with every image a cache hit (read + sha1, no decode), e.g.
+`sbatch --array=0-63 ... --wrap "python launch.py stage=hash cluster=marenostrum5"`, then
+`python launch.py stage=leakage cluster=marenostrum5`. Under `stage=all` or in a sweep an array task is a sweep job,
+not a data shard, so it hashes whatever is missing. Without an array, `stage=hash` hashes everything with
+`cluster.cpus_per_task` threads (the decoders and resize kernels release the GIL).
 
 `leakage` hashes (unless `hash` ran unsharded in this job), matches training against evaluation hashes within
 `cfg.leakage.radius` bits (0 = the paper's exact match), and removes every sample with ANY matching image. A
