@@ -118,6 +118,7 @@ class ClusterConfig:
     max_num_timeout: int = 3  # requeues on timeout / preemption
     array_parallelism: int = 64
     data_shards: int = 1  # data stages split into this many shards (a job array on SLURM)
+    data_shard: Optional[int] = None  # this job's shard (else SLURM_ARRAY_TASK_ID), e.g. -m cluster.data_shard=range(0,64)
 
 
 @dataclass
