@@ -135,7 +135,9 @@ def run(ctx) -> dict[str, Any]:
     ctx.tracker.add_paths(adversarial=art.path, adversarial_report=report_path)
     log.info("adversarial: %d AR samples%s (%s)", counts["total"], " (cached)" if art.cached else "",
              ", ".join(f"{k}={v}" for k, v in counts.items() if k != "total"))
-    return {"artifacts": {AR_SET_NAME: str(art.path)}, "counts": counts, "expected": expected, "paper_scale": paper,
+    # "sources": how the mixture planner should declare the AR set (it is in no mixture config).
+    declared = {AR_SET_NAME: {"name": AR_SET_NAME, "domain": "medical", "modality": "multimodal", "cap": None}}
+    return {"artifacts": {AR_SET_NAME: str(art.path)}, "sources": declared, "counts": counts, "expected": expected, "paper_scale": paper,
             "drops": drop_reasons, "path": str(art.path)}
 
 
