@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGES = ("all", "plan", "ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "train", "eval", "report")
+STAGES = ("all", "plan", "ingest", "hash", "leakage", "score", "filter", "adversarial", "tokens", "mix", "train", "eval",
+          "report")
 CATEGORIES = ("medical_multimodal", "medical_text", "general_multimodal", "general_text")
 
 
@@ -335,6 +336,11 @@ def validate(cfg) -> None:
             raise ConfigError(f"mixture.sources.{key}.domain={src.domain!r}: use 'medical' or 'general'")
         if src.modality not in ("multimodal", "text"):
             raise ConfigError(f"mixture.sources.{key}.modality={src.modality!r}: use 'multimodal' or 'text'")
+    if cfg.adversarial.enabled and cfg.train.enabled and cfg.stage in ("all", "train") and not cfg.train.init_from:
+        raise ConfigError(
+            "adversarial.enabled trains the second (AR) stage from a first-stage model: set "
+            "train.init_from=<stage-1 run folder or checkpoint>"
+        )
     targets = dict(cfg.mixture.targets)
     if targets:
         bad = [k for k in targets if k not in CATEGORIES]

@@ -107,5 +107,9 @@ def training_artifacts(ctx) -> dict[str, str]:
     if ingest is None and len(ctx.cfg.mixture.sources):
         ingest = ctx.results["ingest"] = run(ctx)
     out = dict((ingest or {}).get("artifacts", {}))
+    if ctx.cfg.adversarial.enabled and "adversarial" not in ctx.results:  # e.g. stage=train of the AR experiment
+        from aloevision.stages import adversarial
+
+        ctx.results["adversarial"] = adversarial.run(ctx)
     out.update((ctx.results.get("adversarial") or {}).get("artifacts", {}))
     return out

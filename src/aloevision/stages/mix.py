@@ -255,7 +255,14 @@ def build_plan(ctx, stats: list, tokens_arts: dict[str, Any]) -> dict[str, Any]:
         extra_arts = tok.source_artifacts(ctx, tok.ingest_sources(ctx, extra))
         more, _ = available_stats(extra_arts, set())
         ref_stats += [s for s in more if s.name not in have]
-    plan = make_plan(cfg.mixture, stats, cfg.model.recipe, cfg.cluster, seed=int(cfg.seed), train=cfg.train,
+    mixture = cfg.mixture
+    built = (ctx.results.get("adversarial") or {}).get("sources", {})
+    if built:  # sets built by earlier stages of this run (the AR set) are sources of this mixture too
+        from omegaconf import OmegaConf
+
+        mixture = OmegaConf.to_container(cfg.mixture, resolve=True)
+        mixture["sources"].update(built)
+    plan = make_plan(mixture, stats, cfg.model.recipe, cfg.cluster, seed=int(cfg.seed), train=cfg.train,
                      total_loss_tokens=cfg.mixture.total_loss_tokens, stats_meta={"measured": True},
                      reference_steps=reference_steps_from(cfg, ref_stats))
     return plan.to_dict()
