@@ -12,6 +12,9 @@
 #   ALOE_SLURM_TIMEOUT    seconds to wait for the node to be idle default 60
 #   ALOE_SLURM_NO_INSTALL set to 1 to fail instead of installing packages
 #
+# There is no slurmdbd (accounting_storage/none), so the real `sacct` only says "accounting storage is disabled";
+# scripts/slurm/bin/sacct answers submitit's job-state query from squeue: put scripts/slurm/bin first in PATH.
+#
 # Only root can install packages and run slurmd; the script says so and exits 3 otherwise.
 # Exit codes: 0 ok, 2 usage, 3 cannot install/run SLURM here, 4 daemons did not come up.
 set -euo pipefail
@@ -72,7 +75,7 @@ start_munge() {
   # munged drops to the munge user before writing its pid file, so it goes in a folder that user owns.
   install -d -o munge -g munge -m 0755 "$STATE/munge"
   rm -f "$STATE/munge/munged.pid"
-  runuser -u munge -- /usr/sbin/munged --force --pid-file="$STATE/munge/munged.pid" 2>>"$STATE/munged.err" \
+  runuser -u munge -- /usr/sbin/munged --force --pid-file="$STATE/munge/munged.pid" 2>>"$STATE/munged.err" 9>&- \
     || die 4 "munged did not start (see $STATE/munged.err, /var/log/munge/munged.log)"
   for _ in $(seq 50); do [[ -s $STATE/munge/munged.pid ]] && break; sleep 0.1; done
   timeout 10 munge -n | timeout 10 unmunge >/dev/null || die 4 "munge does not answer after starting munged"
@@ -143,16 +146,19 @@ start() {
   start_munge
   write_conf
   if ! pid_alive "$STATE/slurmctld.pid"; then
-    slurmctld -f "$CONF" 2>>"$STATE/log/slurmctld.err" || die 4 "slurmctld failed (see $STATE/log/)"
+    slurmctld -f "$CONF" 2>>"$STATE/log/slurmctld.err" 9>&- || die 4 "slurmctld failed (see $STATE/log/)"
   fi
   if ! pid_alive "$STATE/slurmd.pid"; then
-    slurmd -f "$CONF" 2>>"$STATE/log/slurmd.err" || die 4 "slurmd failed (see $STATE/log/)"
+    slurmd -f "$CONF" 2>>"$STATE/log/slurmd.err" 9>&- || die 4 "slurmd failed (see $STATE/log/)"
   fi
   local deadline=$((SECONDS + TIMEOUT))
   while ((SECONDS < deadline)); do
     st=$(node_state)
     case $st in
-      idle*|mixed*|alloc*) log "node $(node_name) is $st (start took $((SECONDS - t0)) s)"; return 0 ;;
+      idle*|mixed*|alloc*)
+        log "node $(node_name) is $st (start took $((SECONDS - t0)) s)"
+        log "no slurmdbd here: for submitit, put $(cd "$(dirname "$0")" && pwd)/bin first in PATH (its sacct answers from squeue)"
+        return 0 ;;
       down*|drain*) scontrol update NodeName="$(node_name)" State=RESUME 2>/dev/null || true ;;
     esac
     sleep 0.5
@@ -172,8 +178,23 @@ stop_pid() {  # stop_pid NAME PIDFILE: TERM, then KILL after 10 s
   log "stopped $name ($pid)"
 }
 
+drain_jobs() {  # cancel what is queued or running and let slurmd reap its steps; else slurmstepd outlives slurmd
+  local ids
+  ids=$(timeout 5 squeue -h -o %A 2>/dev/null | tr '\n' ' ')
+  [[ -n ${ids// /} ]] || return 0
+  log "cancelling jobs: $ids"
+  # shellcheck disable=SC2086
+  scancel $ids 2>/dev/null || true
+  for _ in $(seq 60); do
+    [[ -z $(timeout 5 squeue -h -o %A 2>/dev/null) ]] && return 0
+    sleep 0.5
+  done
+  log "jobs still listed after 30 s: $(timeout 5 squeue -h 2>/dev/null | tr '\n' ';')"
+}
+
 stop() {
   # The pid files live in our state folder, so only daemons this script started are stopped.
+  if pid_alive "$STATE/slurmctld.pid" && pid_alive "$STATE/slurmd.pid"; then drain_jobs; fi
   stop_pid slurmd "$STATE/slurmd.pid"
   stop_pid slurmctld "$STATE/slurmctld.pid"
   stop_pid munged "$STATE/munge/munged.pid"
@@ -190,9 +211,16 @@ status() {
   [[ $st == idle* || $st == mixed* || $st == alloc* ]]
 }
 
+lock() {  # two test sessions starting or stopping at once must not race on the daemons / slurm.conf
+  # (the daemons are started with fd 9 closed, or they would hold the lock for as long as they run)
+  install -d -m 0755 "$STATE"
+  exec 9>"$STATE/.lock"
+  flock -w 300 9 || die 4 "another local_cluster.sh holds $STATE/.lock"
+}
+
 case ${1:-} in
-  start) start ;;
-  stop) stop ;;
+  start) lock; start ;;
+  stop) lock; stop ;;
   status) status ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac
