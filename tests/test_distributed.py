@@ -86,3 +86,81 @@ def test_nodes_resolver_and_world_size():
     assert d.planned_world_size(cfg.cluster) == 100
     assert d.nodes_for(32, 4) == 8 and d.nodes_for(6, 4) == 2 and d.nodes_for(2, 0) == 1
     assert d.planned_world_size({"kind": "local", "gpus_per_node": 0}) == 1
+
+
+# -- cluster configs: one source of truth (cluster.*) for the submitit SLURM launcher ----------------------------------
+def _compose_cluster(overrides, tmp_path):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from aloevision.config import register_configs
+
+    register_configs()
+    d.register_resolvers()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="config", return_hydra_config=True,
+                       overrides=[f"paths.root={tmp_path}", f"paths.output_dir={tmp_path / 'run'}", *overrides])
+
+
+def _sbatch_text(cfg, tmp_path) -> str:
+    """The sbatch script the submitit SLURM launcher would submit for `cfg` (its own parameter mapping)."""
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from submitit.slurm.slurm import SlurmExecutor
+
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    params.pop("_target_")
+    ex = SlurmExecutor(folder=tmp_path / "submitit", max_num_timeout=params.pop("max_num_timeout"))
+    params.pop("submitit_folder")
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    conv = {"timeout_min": "time", "tasks_per_node": "ntasks_per_node", "cpus_per_task": "cpus_per_task",
+            "gpus_per_node": "gpus_per_node", "mem_gb": "mem", "nodes": "nodes", "name": "job_name",
+            "stderr_to_stdout": "stderr_to_stdout"}
+    slurm_params = {}
+    for key, value in params.items():
+        if key in base:
+            slurm_params[conv[key]] = f"{value}GB" if key == "mem_gb" and value is not None else value
+        else:
+            slurm_params[key] = value
+    ex.update_parameters(**slurm_params)
+    return ex._make_submission_file_text("python -m job", "uid")
+
+
+@pytest.mark.parametrize("cluster,model,nodes,cpus,qos,extra", [
+    ("marenostrum5", "qwen2vl_72b", 25, 20, "acc_bscls", []),
+    ("marenostrum5", "qwen2vl_7b", 8, 20, "acc_bscls", []),
+    ("leonardo", "qwen2vl_7b", 8, 8, "normal", ["#SBATCH --partition=boost_usr_prod"]),
+])
+def test_gpu_cluster_configs_make_one_task_per_gpu(cluster, model, nodes, cpus, qos, extra, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_ACCOUNT", "proj42")
+    monkeypatch.delenv("SLURM_QOS", raising=False)
+    monkeypatch.delenv("SLURM_PARTITION", raising=False)
+    cfg = _compose_cluster([f"cluster={cluster}", f"model={model}"], tmp_path)
+    assert cfg.cluster.kind == "slurm" and cfg.cluster.nodes == nodes
+    assert d.planned_world_size(cfg.cluster) == cfg.model.recipe.gpus  # 8 x 4 = 32, 25 x 4 = 100
+    text = _sbatch_text(cfg, tmp_path)
+    for line in [f"#SBATCH --nodes={nodes}", "#SBATCH --ntasks-per-node=4", "#SBATCH --gres=gpu:4",
+                 f"#SBATCH --cpus-per-task={cpus}", "#SBATCH --account=proj42", f"#SBATCH --qos={qos}",
+                 "#SBATCH --mem=480GB", f"export OMP_NUM_THREADS={cpus}", *extra]:
+        assert line in text, f"{line!r} not in\n{text}"
+    assert "torchrun" not in text
+
+
+def test_cluster_overrides_flow_into_the_launcher(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
+    monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
+    cfg = _compose_cluster(["cluster=leonardo", "model=qwen2vl_7b", "cluster.qos=boost_qos_dbg",
+                            "cluster.timeout_min=30", "cluster.nodes=2"], tmp_path)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert (launcher["qos"], launcher["timeout_min"], launcher["nodes"], launcher["account"]) == (
+        "boost_qos_dbg", 30, 2, None)
+    with pytest.raises(Exception, match="nodez"):  # the cluster block is schema-checked (ClusterConfig)
+        _compose_cluster(["cluster=leonardo", "cluster.nodez=2"], tmp_path)
+
+
+def test_slurm_local_config(tmp_path):
+    cfg = _compose_cluster(["cluster=slurm_local"], tmp_path)
+    text = _sbatch_text(cfg, tmp_path)
+    assert "#SBATCH --partition=local" in text and "#SBATCH --ntasks-per-node=1" in text
+    assert "gres" not in text and "export DS_ACCELERATOR=cpu" in text
