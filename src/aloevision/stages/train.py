@@ -83,15 +83,25 @@ def batch_plan(cfg: DictConfig, n_samples: int, mix_plan: dict[str, Any] | None 
                 steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=total, steps_from=source)
 
 
-def _sft_config(cfg: DictConfig, out: Path, plan: dict[str, Any], use_cpu: bool):
+def deepspeed_config(cfg: DictConfig, out: Path, plan: dict[str, Any], *, write: bool) -> dict[str, Any] | None:
+    """The DeepSpeed config generated from the recipe with this run's micro batch / accumulation (so the Trainer's
+    consistency check agrees), validated by DeepSpeed for this world size; None for zero_stage 0 (no DeepSpeed).
+    The main rank keeps the exact file in the run folder (deepspeed.json)."""
+    if not cfg.model.recipe.zero_stage:
+        return None
+    from aloevision.training import deepspeed_config as dsc
+
+    config = dsc.build(cfg.model.recipe, micro_batch_size=plan["micro"], gradient_accumulation_steps=plan["accum"])
+    dsc.validate(config, plan["world_size"])
+    if write:
+        dsc.write(config, out / "deepspeed.json")
+    return config
+
+
+def _sft_config(cfg: DictConfig, out: Path, plan: dict[str, Any], use_cpu: bool, ds_config: dict[str, Any] | None):
     from trl import SFTConfig
 
     r = cfg.model.recipe
-    ds_config = None
-    if r.zero_stage and not use_cpu or (r.zero_stage and os.environ.get("DS_ACCELERATOR") == "cpu"):
-        from aloevision.training.deepspeed_config import build_deepspeed_config
-
-        ds_config = build_deepspeed_config(r)
     return SFTConfig(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=plan["micro"],
@@ -110,6 +120,8 @@ def _sft_config(cfg: DictConfig, out: Path, plan: dict[str, Any], use_cpu: bool)
         save_strategy="steps",
         save_steps=cfg.train.save_steps,
         save_total_limit=cfg.train.save_total_limit,
+        # Resume = same seed, same data order: the sampler is seeded by data_seed, the checkpoint holds every
+        # rank's RNG state and the Trainer skips the batches already trained (tests/test_resume.py).
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=cfg.train.num_workers,
@@ -121,48 +133,148 @@ def _sft_config(cfg: DictConfig, out: Path, plan: dict[str, Any], use_cpu: bool)
     )
 
 
+def latest_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest COMPLETE checkpoint (the Trainer writes trainer_state.json last, so a job killed while saving
+    leaves a folder without it: skipped, with a warning, and overwritten when training reaches that step again)."""
+    ckpts = sorted(Path(ckpt_dir).glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]), reverse=True)
+    for c in ckpts:
+        if (c / "trainer_state.json").is_file():
+            return str(c)
+        log.warning("skipping incomplete checkpoint %s (no trainer_state.json: the job stopped while saving it)", c)
+    return None
+
+
+def _mute_tracker(tracker) -> None:
+    """Non-main ranks: no W&B run, no run record (rank 0 owns both; pipeline.run builds a tracker on every rank)."""
+    run = getattr(tracker, "run", None)
+    if run is not None:
+        try:
+            run.finish(quiet=True)
+        except Exception:  # W&B must never fail the job
+            pass
+        tracker.run = None
+    tracker._save = lambda: None  # the instance's saves become no-ops; rank 0's record is the run's record
+
+
+def partition_stats(model) -> dict[str, int]:
+    """Parameter elements held by this rank vs the model's full size: under ZeRO-3 each parameter is a shard
+    (`ds_tensor`) of `ds_numel` elements; without partitioning the rank holds everything."""
+    local = full = 0
+    for p in model.parameters():
+        if hasattr(p, "ds_numel"):
+            full += int(p.ds_numel)
+            local += int(p.ds_tensor.numel())
+        else:
+            full += p.numel()
+            local += p.numel()
+    return {"local_numel": local, "full_numel": full}
+
+
+def _main_first(dist_env, fn):
+    """Run fn on rank 0 first (it builds the mixture, writing the mix stage's files once), then on the others, which
+    find every artifact cached. Needs the process group (gloo/nccl), created here; the Trainer reuses it."""
+    if not dist_env.distributed:
+        return fn()
+    import torch.distributed as dist
+
+    if dist_env.is_main:
+        out = fn()
+        dist.barrier()
+        return out
+    dist.barrier()
+    return fn()
+
+
 def run(ctx) -> dict[str, Any]:
+    from aloevision import distributed
+
+    # Before torch/DeepSpeed start: export RANK/WORLD_SIZE/... (torchrun, srun or submitit) and pick the CPU
+    # accelerator where there is no GPU.
+    dist_env = distributed.setup(init_process_group=True)
+
     import torch
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
     from aloevision.model.loading import checkpoint_path, load_model, load_processor_for
     from aloevision.stages.mix import load_mixture
+    from aloevision.training.collator import DummyImageCollator, build_training_collator
 
     cfg = ctx.cfg
-    train_ds = load_mixture(ctx)
+    tracker = ctx.tracker
+    if not dist_env.is_main:
+        _mute_tracker(tracker)
+    train_ds = _main_first(dist_env, lambda: load_mixture(ctx))
     plan = batch_plan(cfg, len(train_ds), (ctx.results.get("mix") or {}).get("plan"))
+    if plan["world_size"] != dist_env.world_size:
+        raise ConfigError(f"train.world_size={plan['world_size']} but this job has {dist_env.world_size} ranks "
+                          f"({dist_env.source}); leave train.world_size unset")
     use_cpu = not torch.cuda.is_available()
     base = resolve_init_from(cfg.train.init_from) if cfg.train.init_from else checkpoint_path(cfg.model, cfg.paths.cache_dir)
     processor = load_processor_for(cfg.model, checkpoint_path(cfg.model, cfg.paths.cache_dir) if cfg.train.init_from and not Path(base, "tokenizer_config.json").is_file() else base)
-    model = load_model(cfg.model, base, for_training=True)
-    log.info("training %s from %s: %s", cfg.model.name, base, plan)
+    ds_config = deepspeed_config(cfg, ctx.run_dir, plan, write=dist_env.is_main)
+    # TrainingArguments must exist before the model under ZeRO-3: it registers the DeepSpeed config, so
+    # from_pretrained partitions the weights as it loads them (zero.Init) instead of materialising them per rank.
+    args = _sft_config(cfg, ctx.run_dir, plan, use_cpu, ds_config)
+    if ds_config is not None and dist_env.distributed:
+        import deepspeed
 
-    tracker = ctx.tracker
+        # DeepSpeed's own comm layer must know the (already initialised) process group before zero.Init reads the
+        # world size from it; it wraps the existing group.
+        deepspeed.init_distributed(dist_backend=distributed.backend())
+    model = load_model(cfg.model, base, for_training=True)
+    log.info("training %s from %s on rank %d/%d: %s", cfg.model.name, base, dist_env.rank, dist_env.world_size, plan)
+
+    partition: dict[str, Any] = {}
 
     class ForwardToTracker(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
             if logs:
                 tracker.log({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
 
-    args = _sft_config(cfg, ctx.run_dir, plan, use_cpu)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor, callbacks=[ForwardToTracker()])
-    resume = None
+    class PartitionReport(TrainerCallback):
+        """What ZeRO did to the parameters, per rank, once the engine is built (all ranks take part in the gather)."""
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            stats = partition_stats(model)
+            if dist_env.distributed:
+                import torch.distributed as dist
+
+                every: list[Any] = [None] * dist_env.world_size
+                dist.all_gather_object(every, stats)
+            else:
+                every = [stats]
+            partition.update(per_rank=every, sharded=any(s["local_numel"] < s["full_numel"] for s in every))
+
+    collator = build_training_collator(processor, int(cfg.model.max_length))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
+                         data_collator=collator, callbacks=[ForwardToTracker(), PartitionReport()])
     ckpt_dir = ctx.run_dir / "checkpoints"
-    if cfg.train.resume and any(ckpt_dir.glob("checkpoint-*")):
-        resume = True
-        log.info("resuming from the latest checkpoint in %s", ckpt_dir)
+    resume = latest_checkpoint(ckpt_dir) if cfg.train.resume else None
+    if resume:
+        log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     final = ctx.run_dir / FINAL_MODEL_DIR
+    # Every rank calls save_model: under ZeRO-3 it gathers the shards (a collective); only rank 0 writes.
     trainer.save_model(str(final))
-    processor.save_pretrained(str(final))
+    if dist_env.is_main:
+        processor.save_pretrained(str(final))
     metrics = {f"train/{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     metrics["train/global_step"] = trainer.state.global_step
     history = [h for h in trainer.state.log_history if "loss" in h]
     if history:
         metrics["train/first_loss"] = history[0]["loss"]
         metrics["train/last_loss"] = history[-1]["loss"]
+    ds_stage = None
+    if trainer.is_deepspeed_enabled:
+        ds_stage = int(trainer.accelerator.deepspeed_plugin.zero_stage)
+    report = {**plan, "init_from": base, "samples": len(train_ds), **metrics,
+              "resumed_from": resume,
+              "loss_history": [[h["step"], h["loss"]] for h in history],
+              "distributed": {"world_size": dist_env.world_size, "source": dist_env.source, "zero_stage": ds_stage,
+                              **partition},
+              "dummy_image_batches": collator.dummy_batches if isinstance(collator, DummyImageCollator) else None}
     tracker.summary(metrics)
-    tracker.stage_report("train", {**plan, "init_from": base, "samples": len(train_ds), **metrics})
+    tracker.stage_report("train", report)
     tracker.add_paths(model=final)
     return {"model": str(final), "plan": plan, "metrics": metrics}
