@@ -39,6 +39,7 @@ SMALL = HASH_SIZE * 4
 # Pillow versions whose resize the numba kernels were verified against (tests/test_phash.py); others use Pillow.
 VERIFIED_PILLOW = ("13.0.0",)
 FAST_GREY_MODES = ("L", "RGB", "RGBA", "RGBX")
+PNG_DIRECT = True  # plain 8-bit L/RGB PNGs decoded by ._png (same pixels); False: Pillow (benchmark A/B)
 
 ImageRef = Any  # str path / "archive::member" / bytes / os.PathLike
 Reader = Callable[[Any], bytes]
@@ -203,15 +204,17 @@ def default_reader(ref: ImageRef) -> bytes:
     return read_image_bytes(os.fspath(ref))
 
 
-def decode(data: bytes, name: str = "<bytes>") -> Image.Image:
-    """Open and fully decode image bytes; failures raise ``aloevision.images.ImageError`` with a reason."""
+def decode(data: bytes, name: str = "<bytes>", load: bool = True) -> Image.Image:
+    """Open and fully decode image bytes; failures raise ``aloevision.images.ImageError`` with a reason.
+    ``load=False`` only parses the header (and runs Pillow's decompression-bomb check)."""
     if not data:
         raise _image_error("truncated_image", f"{name} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            img.load()
+            if load:
+                img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise _image_error("decompression_bomb", f"{name}: {e}") from None
     except UnidentifiedImageError:
@@ -224,7 +227,22 @@ def decode(data: bytes, name: str = "<bytes>") -> Image.Image:
 
 
 def _small_from_bytes(data: bytes, name: str, fast: bool | None = None) -> np.ndarray:
-    img = decode(data, name)
+    if PNG_DIRECT and fast is not False and data[:8] == b"\x89PNG\r\n\x1a\n" and fast_path_enabled():
+        # Plain 8-bit L/RGB PNGs: one inflate call + a fused unfilter/grey pass instead of Pillow's row-by-row
+        # decode into RGBX (lossless, so the pixels are Pillow's); anything unusual returns None -> Pillow.
+        img = decode(data, name, load=False)  # header, mode and the decompression-bomb check stay Pillow's
+        if img.format == "PNG" and img.mode in ("L", "RGB") and "transparency" not in img.info:
+            from ._png import grey_pixels
+            from ._resample import resize32
+
+            grey = grey_pixels(data)
+            if grey is not None and grey.shape == (img.size[1], img.size[0]):
+                return resize32(grey)
+        return _small_from_image(decode(data, name), name, fast)
+    return _small_from_image(decode(data, name), name, fast)
+
+
+def _small_from_image(img: Image.Image, name: str, fast: bool | None) -> np.ndarray:
     try:
         return small_image(img, fast)
     except Exception as e:  # a mode Pillow cannot convert to L, a zero-size frame, ...
