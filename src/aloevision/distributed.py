@@ -165,23 +165,34 @@ def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def setup(*, init_process_group: bool = False, timeout_s: int = 1800) -> DistEnv:
+def setup(*, init_process_group: bool = False, deepspeed: bool = False, timeout_s: int = 1800) -> DistEnv:
     """Detect the ranks, export them, pick this rank's GPU (or the CPU accelerator for DeepSpeed); optionally
-    initialise the default process group (the HF Trainer / DeepSpeed initialise it themselves otherwise)."""
+    initialise the default process group.
+
+    deepspeed=True initialises DeepSpeed's communication layer as well. Needed for ZeRO-3 before the model is
+    loaded: transformers builds the model inside deepspeed.zero.Init, whose config check reads the world size from
+    deepspeed.comm (1 when only torch.distributed is up: "train_batch_size is not equal to ... world_size"), and on
+    CPU (`use_cpu=True`) accelerate does not initialise DeepSpeed's layer itself."""
+    import datetime
+
     dist_env = detect()
     export(dist_env)
     if not use_cpu():
         import torch
 
         torch.cuda.set_device(dist_env.local_rank % torch.cuda.device_count())
-    if init_process_group and dist_env.distributed:
-        import datetime
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if deepspeed:
+        import deepspeed as ds
 
+        ds.init_distributed(dist_backend=backend(), auto_mpi_discovery=False, timeout=timeout,
+                            rank=dist_env.rank, world_size=dist_env.world_size)
+    elif init_process_group and dist_env.distributed:
         import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group(backend=backend(), init_method="env://", rank=dist_env.rank,
-                                    world_size=dist_env.world_size, timeout=datetime.timedelta(seconds=timeout_s))
+                                    world_size=dist_env.world_size, timeout=timeout)
     return dist_env
 
 
