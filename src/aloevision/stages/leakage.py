@@ -201,6 +201,8 @@ def _hash_all(ctx) -> dict[str, Any]:
         parts["train"][name] = _part_summary(art)
     for name in _eval_set_names(cfg):
         bench = OmegaConf.to_container(cfg.eval.benchmarks[name], resolve=True)
+        # Only what decides the images: not max_samples (loaders ignore it here), the harness or the scoring kind.
+        bench = {k: bench.get(k) for k in ("name", "loader", "path", "split", "options")}
         key = {"kind": "eval", "benchmark": bench, "stamp": data_stamp(bench["path"]), "phash": tag,
                "version": HASH_VERSION}
         art = ctx.store.get_or_build("hash", key, lambda tmp, n=name: _build_eval(ctx, cache, n, tmp))
@@ -269,7 +271,8 @@ def _write_hash_report(path: Path, s: dict[str, Any]) -> None:
 
 def _log_hash(ctx, s: dict[str, Any]) -> None:
     t = s["totals"]
-    ctx.tracker.summary({"hash/train_images": t["train"].get("images", 0), "hash/eval_images": t["eval"].get("images", 0),
+    ctx.tracker.summary({"hash/train_images": t["train"].get("images", 0),
+                         "hash/eval_images": t["eval"].get("images", 0),
                          "hash/computed": t["computed"],
                          "hash/unhashable": t["train"].get("errors", 0) + t["eval"].get("errors", 0)})
     rows = [[side, name, r["images"], r["computed"], r["from_cache"], r.get("from_artifact", 0), r["errors"],
@@ -357,7 +360,8 @@ def run(ctx) -> dict[str, Any]:
     # A sample is leaked if ANY of its images matches; aggregate per (training source, evaluation set).
     pairs = []
     groups: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-        lambda: {"samples": set(), "train_images": set(), "eval_images": set(), "eval_items": set(), "pairs": 0, "distances": Counter()})
+        lambda: {"samples": set(), "train_images": set(), "eval_images": set(), "eval_items": set(), "pairs": 0,
+                 "distances": Counter()})
     for ti, ei, d in zip(m["train_idx"].tolist(), m["eval_idx"].tolist(), m["distance"].tolist()):
         src, ev = t_names[t_owner[ti]], e_names[e_owner[ei]]
         sid, j = t_rows[ti]
@@ -371,7 +375,8 @@ def run(ctx) -> dict[str, Any]:
         g["pairs"] += 1
         g["distances"][int(d)] += 1
         pairs.append({"train_source": src, "train_id": sid, "image": j, "eval_set": ev, "eval_id": iid,
-                      "eval_image": eimg, "distance": int(d), "train_hash": to_hex(th[ti]), "eval_hash": to_hex(eh[ei])})
+                      "eval_image": eimg, "distance": int(d), "train_hash": to_hex(th[ti]),
+                      "eval_hash": to_hex(eh[ei])})
     pairs.sort(key=lambda p: (p["distance"], p["train_source"], p["train_id"], p["eval_set"], p["eval_id"]))
     leaked = sorted({p["train_id"] for p in pairs})
     unhashable: dict[str, list[dict]] = {src: e for src, e in t_errors.items() if e}
@@ -494,7 +499,8 @@ def _write_md(path: Path, r: dict, t_err: dict[str, list[dict]], e_err: dict[str
 
 def _log(ctx, r: dict, pairs: list[dict], gallery: dict[str, Path]) -> None:
     t = ctx.tracker
-    t.summary({"leakage/radius": r["radius"], "leakage/pairs": r["pairs"], "leakage/leaked_samples": r["leaked_samples"],
+    t.summary({"leakage/radius": r["radius"], "leakage/pairs": r["pairs"],
+               "leakage/leaked_samples": r["leaked_samples"],
                "leakage/leaked_fraction": r["leaked_fraction"],
                "leakage/unhashable_removed": r["unhashable_train_samples_removed"],
                "leakage/hashed_now": r["hashing"]["computed"]})
