@@ -1,6 +1,5 @@
 """Every config file composes against the structured schema; Hydra's CLI behaves as Hydra users expect."""
 
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,26 +52,10 @@ WANDB_ROWS = 5000
 
 # ---- sharding ----------------------------------------------------------------------------------------------------
 def shard_spec(cfg, env: dict[str, str] | None = None) -> tuple[int, int]:
-    """(k, n): which shard of the hashing this job does; (0, 1) unless `cluster.data_shards` > 1 and this job knows
-    its index (SLURM array task, or `cluster.data_shard`)."""
-    env = os.environ if env is None else env
-    n = int(cfg.cluster.data_shards or 1)
-    if n <= 1:
-        return 0, 1
-    k = OmegaConf.select(cfg, "cluster.data_shard", default=None)
-    if k is None and env.get("SLURM_ARRAY_TASK_ID") not in (None, ""):
-        k = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN") or 0)
-        count = env.get("SLURM_ARRAY_TASK_COUNT")
-        if count and int(count) != n:
-            raise ConfigError(
-                f"cluster.data_shards={n} but this SLURM array has {count} tasks: launch the hash array with "
-                f"--array=0-{n - 1} (or set cluster.data_shards={count}), else images would be skipped or repeated")
-    if k is None:
-        return 0, 1
-    k = int(k)
-    if not 0 <= k < n:
-        raise ConfigError(f"hash shard {k} is outside 0..{n - 1} (cluster.data_shards={n})")
-    return k, n
+    """(k, n): which shard of the hash work this job does (see aloevision.sharding)."""
+    from aloevision.sharding import shard_spec as spec
+
+    return spec(cfg, env, stage="hash")
 
 
 # ---- hashing -----------------------------------------------------------------------------------------------------
