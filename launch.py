@@ -6,10 +6,14 @@
     python launch.py stage=report report.group=ablation_mixture
 """
 
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runs from a checkout without installing
+# Runs from a checkout without installing; PYTHONPATH too, so SLURM jobs submitted from here import the package.
+SRC = str(Path(__file__).resolve().parent / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

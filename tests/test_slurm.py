@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from slurm_fixture import slurm_cluster  # noqa: F401  (the lead also imports it in conftest.py)
-
 pytestmark = pytest.mark.cluster
 
 ALLREDUCE = (
@@ -20,19 +18,16 @@ ALLREDUCE = (
     "dist.destroy_process_group()"
 )
 
-
 def test_node_is_idle_with_this_machines_cpus(slurm_cluster):
     out = subprocess.run(["sinfo", "-h", "-o", "%P %T %D"], capture_output=True, text=True, timeout=10).stdout
     assert slurm_cluster.partition in out
     assert slurm_cluster.cpus == os.cpu_count()
     assert slurm_cluster.mem_mb > 0
 
-
 def test_srun_two_tasks(slurm_cluster):
     proc = slurm_cluster.srun(2, "hostname")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [slurm_cluster.node] * 2 or len(proc.stdout.split()) == 2
-
 
 def test_srun_tasks_build_torch_distributed_from_slurm(slurm_cluster):
     """Two srun tasks, no torchrun: each reads SLURM_* and they all-reduce over gloo (1 + 2 = 3)."""
@@ -42,13 +37,11 @@ def test_srun_tasks_build_torch_distributed_from_slurm(slurm_cluster):
     assert [r[1:4] for r in rows] == [["0", "0", "2"], ["1", "1", "2"]], proc.stdout
     assert {r[5] for r in rows} == {"3.0"}
 
-
 def _square_with_ids(x: int):
     import os as _os
     import socket
 
     return x * x, _os.environ.get("SLURM_ARRAY_TASK_ID"), socket.gethostname()
-
 
 def test_submitit_array_of_two_jobs(slurm_cluster, tmp_path):
     ex = slurm_cluster.executor(tmp_path / "submitit" / "%j", slurm_array_parallelism=2)
@@ -64,7 +57,6 @@ def test_submitit_array_of_two_jobs(slurm_cluster, tmp_path):
     assert {f"{array_id}_0|COMPLETED", f"{array_id}_1|COMPLETED"} <= {
         "|".join(line.split("|")[:2]) for line in sacct.stdout.splitlines()}
 
-
 def _allreduce_task():
     import torch
     import torch.distributed as dist
@@ -77,7 +69,6 @@ def _allreduce_task():
     dist.destroy_process_group()
     return env.source, env.rank, env.world_size, t.item()
 
-
 def test_submitit_two_tasks_one_job_is_one_process_group(slurm_cluster, tmp_path):
     """submitit starts one task per (GPU) slot; each builds its rank from the submitit/SLURM environment."""
     ex = slurm_cluster.executor(tmp_path / "submitit" / "%j", tasks_per_node=2)
@@ -85,14 +76,12 @@ def test_submitit_two_tasks_one_job_is_one_process_group(slurm_cluster, tmp_path
     results = sorted(job.results())
     assert results == [("submitit", 0, 2, 3.0), ("submitit", 1, 2, 3.0)]
 
-
 def _by_value(fn):
     """Pickle `fn` by value (test modules are not importable inside the job)."""
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[fn.__module__])
     return fn
-
 
 ZERO3_SCRIPT = r'''
 import dataclasses, json, sys
@@ -125,7 +114,6 @@ print("RESULT " + json.dumps({"rank": env.rank, "world": env.world_size, "source
       "stage": trainer.accelerator.state.deepspeed_plugin.zero_stage, "loss": round(out.training_loss, 5),
       "steps": out.global_step, "params": params, "shard": shard}), flush=True)
 '''
-
 
 @pytest.mark.slow
 def test_srun_two_task_zero3_training_on_cpu(slurm_cluster, tmp_path):

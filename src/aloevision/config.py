@@ -83,6 +83,8 @@ class RecipeConfig:
     bf16: bool = True
     gradient_checkpointing: bool = True
     zero_stage: int = 3  # 0 = no DeepSpeed
+    zero_offload: str = "none"  # none | cpu | nvme (optimizer + parameter offload under ZeRO-3)
+    max_grad_norm: float = 1.0
     gpu_hours_estimate: Optional[float] = None  # the paper's figure, shown beside the plan's estimate
     samples_per_gpu_second: Optional[float] = None  # throughput used by the plan's GPU-hour estimate
 
@@ -309,6 +311,11 @@ def register_configs() -> None:
 
     if not OmegaConf.has_resolver("aloe.nodes"):
         OmegaConf.register_new_resolver("aloe.nodes", nodes_for)
+    if not OmegaConf.has_resolver("aloe.cwd"):
+        # The launch directory. (${hydra:runtime.cwd} is not set yet when Hydra resolves a multirun's sweep dir.)
+        import os
+
+        OmegaConf.register_new_resolver("aloe.cwd", os.getcwd)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, node in (
