@@ -190,7 +190,13 @@ def run(ctx) -> dict[str, Any]:
 
     # Before torch/DeepSpeed start: export RANK/WORLD_SIZE/... (torchrun, srun or submitit) and pick the CPU
     # accelerator where there is no GPU.
-    dist_env = distributed.setup(init_process_group=True)
+    dist_env = distributed.detect()
+    if dist_env.distributed:
+        distributed.setup(init_process_group=True)
+    else:
+        # One process: export nothing (RANK/WORLD_SIZE=1 would make accelerate open a TCP store on MASTER_PORT,
+        # colliding with any other job on the machine); only pick the DeepSpeed accelerator.
+        distributed.use_cpu()
 
     import torch
     from transformers import TrainerCallback
@@ -222,7 +228,15 @@ def run(ctx) -> dict[str, Any]:
         # DeepSpeed's own comm layer must know the (already initialised) process group before zero.Init reads the
         # world size from it; it wraps the existing group.
         deepspeed.init_distributed(dist_backend=distributed.backend())
-    model = load_model(cfg.model, base, for_training=True)
+    ckpt_dir = ctx.run_dir / "checkpoints"
+    resume = latest_checkpoint(ckpt_dir) if cfg.train.resume else None
+    # Resuming: the weights come from the checkpoint through from_pretrained. transformers 5.23's
+    # Trainer._load_from_checkpoint calls model.load_state_dict(strict=False) on the checkpoint's safetensors, whose
+    # keys are saved in Qwen2-VL's original layout (model.embed_tokens...) while the module now has
+    # model.language_model.*: nothing matches and the resumed run silently restarts from the base weights
+    # (tests/test_resume.py caught it). from_pretrained applies the key conversion. Optimizer, scheduler, RNG and
+    # data position still come from the Trainer's resume; its own weight load then finds nothing to change.
+    model = load_model(cfg.model, resume or base, for_training=True)
     log.info("training %s from %s on rank %d/%d: %s", cfg.model.name, base, dist_env.rank, dist_env.world_size, plan)
 
     partition: dict[str, Any] = {}
@@ -249,8 +263,6 @@ def run(ctx) -> dict[str, Any]:
     collator = build_training_collator(processor, int(cfg.model.max_length))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
                          data_collator=collator, callbacks=[ForwardToTracker(), PartitionReport()])
-    ckpt_dir = ctx.run_dir / "checkpoints"
-    resume = latest_checkpoint(ckpt_dir) if cfg.train.resume else None
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
