@@ -150,8 +150,8 @@ def _mute_tracker(tracker) -> None:
     if run is not None:
         try:
             run.finish(quiet=True)
-        except Exception:  # W&B must never fail the job
-            pass
+        except Exception as e:  # noqa: BLE001 - W&B must never fail the job
+            log.warning("W&B finish on a non-main rank failed (%s)", e)
         tracker.run = None
     tracker._save = lambda: None  # the instance's saves become no-ops; rank 0's record is the run's record
 
