@@ -306,7 +306,8 @@ def test_demo_eval_config_loads_every_demo_set(demo_dir):
     cfg = OmegaConf.merge(OmegaConf.create({"paths": {"demo_dir": str(demo_dir)}}),
                           {"eval": OmegaConf.load(conf)})
     expected_kinds = {"demo_mcq": {"mcq"}, "demo_yesno": {"probmed"}, "demo_open": {"open"},
-                      "demo_text_mcq": {"text_mcq"}, "careqa_vision_mcq": {"mcq"}, "careqa_vision_open": {"open"}}
+                      "demo_text_mcq": {"text_mcq"}, "careqa_vision_mcq": {"mcq"}, "careqa_vision_open": {"open"},
+                      "demo_text_mcq_lm_eval": {"text_mcq"}}
     assert set(cfg.eval.benchmarks) == set(expected_kinds)
     for key, b in cfg.eval.benchmarks.items():
         items, stats = load_benchmark(b)

@@ -113,7 +113,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    from aloevision.distributed import detect
+
+    is_main = detect().is_main  # torchrun / srun / submitit ranks: rank 0 records the job
+    if is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     choices, overrides = hydra_choices()
     tracker = Tracker(
         run_dir,
@@ -124,6 +128,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # A report run files itself under the group it reports on (its table sits beside the runs in W&B).
         group=cfg.report.group if cfg.stage == "report" and cfg.report.group else cfg.group,
         job_type=cfg.stage,
+        enabled=is_main,
     )
     ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=ArtifactStore(cfg.paths.cache_dir))
     status = "failed"

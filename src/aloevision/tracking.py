@@ -65,7 +65,10 @@ class Tracker:
         group: str,
         job_type: str,
         name: str | None = None,
+        enabled: bool = True,
     ):
+        """`enabled=False` (non-main ranks of a multi-process job): no W&B run, no run record; rank 0 owns both."""
+        self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.record: dict[str, Any] = {
@@ -84,7 +87,8 @@ class Tracker:
             "wandb": {},
         }
         self.run = None
-        self._start_wandb(wandb_cfg, group, job_type, name)
+        if enabled:
+            self._start_wandb(wandb_cfg, group, job_type, name)
         self._save()
 
     # ---- W&B -------------------------------------------------------------------------------------------------
@@ -185,4 +189,6 @@ class Tracker:
             self.run = None
 
     def _save(self) -> None:
+        if not self.enabled:
+            return
         write_json_atomic(self.run_dir / RUN_RECORD, self.record)

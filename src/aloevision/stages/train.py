@@ -144,18 +144,6 @@ def latest_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
-def _mute_tracker(tracker) -> None:
-    """Non-main ranks: no W&B run, no run record (rank 0 owns both; pipeline.run builds a tracker on every rank)."""
-    run = getattr(tracker, "run", None)
-    if run is not None:
-        try:
-            run.finish(quiet=True)
-        except Exception as e:  # noqa: BLE001 - W&B must never fail the job
-            log.warning("W&B finish on a non-main rank failed (%s)", e)
-        tracker.run = None
-    tracker._save = lambda: None  # the instance's saves become no-ops; rank 0's record is the run's record
-
-
 def partition_stats(model) -> dict[str, int]:
     """Parameter elements held by this rank vs the model's full size: under ZeRO-3 each parameter is a shard
     (`ds_tensor`) of `ds_numel` elements; without partitioning the rank holds everything."""
@@ -208,8 +196,6 @@ def run(ctx) -> dict[str, Any]:
 
     cfg = ctx.cfg
     tracker = ctx.tracker
-    if not dist_env.is_main:
-        _mute_tracker(tracker)
     train_ds = _main_first(dist_env, lambda: load_mixture(ctx))
     plan = batch_plan(cfg, len(train_ds), (ctx.results.get("mix") or {}).get("plan"))
     if plan["world_size"] != dist_env.world_size:

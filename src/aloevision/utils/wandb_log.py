@@ -31,6 +31,8 @@ def iter_records(path: str | Path) -> Iterator[Any]:
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if pos + HEADER + length > len(data):  # a chunk still being written: stop at the last whole record
+            return
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 0 and length == 0:  # zero padding at a block's end
@@ -54,8 +56,27 @@ def iter_records(path: str | Path) -> Iterator[Any]:
         yield rec
 
 
-def read_run(path: str | Path) -> dict[str, Any]:
-    """{'config': {...}, 'history': [{...}], 'summary': {...}, 'run': {group, job_type, tags}} of one run log."""
+def wait_for_exit(path: str | Path, timeout: float = 30.0) -> None:
+    """Block until the log holds its `exit` record: wandb-core (a separate process) may still be flushing the
+    last records for a moment after `run.finish()` returned."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if any(r.WhichOneof("record_type") == "exit" for r in iter_records(path)):
+                return
+        except (ValueError, FileNotFoundError):  # header not written yet / torn tail
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: no exit record after {timeout:.0f} s (the run did not finish)")
+        time.sleep(0.1)
+
+
+def read_run(path: str | Path, timeout: float = 30.0) -> dict[str, Any]:
+    """{'config': {...}, 'history': [{...}], 'summary': {...}, 'run': {group, job_type, tags}} of one finished run
+    log (waits up to `timeout` s for wandb-core to finish writing it)."""
+    wait_for_exit(path, timeout)
     out: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "run": {}}
 
     def val(item) -> Any:
