@@ -203,7 +203,9 @@ def run(ctx) -> dict[str, Any]:
                           f"({dist_env.source}); leave train.world_size unset")
     use_cpu = not torch.cuda.is_available()
     base = resolve_init_from(cfg.train.init_from) if cfg.train.init_from else checkpoint_path(cfg.model, cfg.paths.cache_dir)
-    processor = load_processor_for(cfg.model, checkpoint_path(cfg.model, cfg.paths.cache_dir) if cfg.train.init_from and not Path(base, "tokenizer_config.json").is_file() else base)
+    # The processor is saved with every model we write; a foreign checkpoint without one uses the base model's.
+    has_processor = Path(base, "tokenizer_config.json").is_file() or not Path(base).exists()
+    processor = load_processor_for(cfg.model, base if has_processor else checkpoint_path(cfg.model, cfg.paths.cache_dir))
     ds_config = deepspeed_config(cfg, ctx.run_dir, plan, write=dist_env.is_main)
     # TrainingArguments must exist before the model under ZeRO-3: it registers the DeepSpeed config, so
     # from_pretrained partitions the weights as it loads them (zero.Init) instead of materialising them per rank.
