@@ -9,9 +9,10 @@ import json
 import math
 import os
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from aloevision.cleaning import check_sample, structure_rules
 from aloevision.images import (
@@ -122,46 +123,131 @@ def data_files(ctx: SourceContext) -> list[Path]:
     return out
 
 
-def read_file(path: Path) -> Iterator[Any]:
-    """Rows of a JSON array / JSON lines / parquet / CSV file; an unparsable line yields :class:`Malformed`."""
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix in (".gz",) else path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+class Skipped:
+    """Placeholder for a row of another shard: counted (ordinals stay global) but never parsed or converted."""
 
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
-        return
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            yield from csv.DictReader(f)
-        return
-    if suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            head = f.read(1 << 16).lstrip()
-        if head.startswith("["):
-            with open(path, encoding="utf-8") as f:
-                try:
-                    data = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: not valid JSON ({e})") from None
-            yield from data
+    __slots__ = ()
+
+
+SKIPPED = Skipped()
+JSON_CHUNK = 1 << 20  # characters read per refill of the streaming JSON reader
+MAX_JSON_RECORD = 1 << 28  # one record larger than this (256 Mi characters) is treated as malformed JSON
+WRAPPER_KEYS = ("data", "rows", "annotations", "train")
+
+
+class JsonStream:
+    """Incremental JSON reader over a text file: the top-level array (or the array under a wrapper key of a
+    top-level object) is decoded one element at a time with ``json.JSONDecoder.raw_decode`` (the stdlib's C
+    scanner, so values are exactly what ``json.load`` gives: floats, not Decimals). Memory: one refill chunk plus
+    the element being decoded, whatever the file size."""
+
+    def __init__(self, f, path: Path):
+        self.f, self.path = f, path
+        self.buf, self.pos, self.eof = "", 0, False
+        self.decoder = json.JSONDecoder()
+
+    def _fill(self, at_least: int = JSON_CHUNK) -> bool:
+        if self.eof:
+            return False
+        chunk = self.f.read(max(JSON_CHUNK, at_least))
+        self.buf = self.buf[self.pos:] + chunk  # drop what was consumed; offsets restart at 0
+        self.pos = 0
+        if not chunk:
+            self.eof = True
+        return bool(chunk)
+
+    def peek(self) -> str:
+        """The next non-whitespace character ('' at end of file), not consumed."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
+
+    def expect(self, chars: str) -> str:
+        c = self.peek()
+        if not c or c not in chars:
+            raise ValueError(f"{self.path}: not valid JSON: expected one of {chars!r} near character "
+                             f"{self.f.tell() - len(self.buf) + self.pos}, got {c!r}")
+        self.pos += 1
+        return c
+
+    def value(self) -> Any:
+        """Decode the next complete value, reading more while it is cut off by the end of the buffer."""
+        self.peek()
+        while True:
+            try:
+                obj, end = self.decoder.raw_decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:  # a number ending the buffer may continue in the next chunk
+                    self.pos = end
+                    return obj
+            except json.JSONDecodeError as e:
+                if self.eof:
+                    raise ValueError(f"{self.path}: not valid JSON ({e})") from None
+                if len(self.buf) - self.pos > MAX_JSON_RECORD:
+                    raise ValueError(f"{self.path}: not valid JSON, or one record is over {MAX_JSON_RECORD} "
+                                     f"characters ({e})") from None
+            self._fill(len(self.buf) - self.pos)  # grow geometrically: a long record is re-scanned O(log) times
+
+    def array(self) -> Iterator[Any]:
+        """Elements of the array that starts here."""
+        self.expect("[")
+        if self.peek() == "]":
+            self.pos += 1
             return
-        if head.startswith("{"):
-            try:  # a single object wrapping the rows ({"data": [...]}) or JSON lines saved as .json
-                with open(path, encoding="utf-8") as f:
-                    data = json.load(f)
-                for key in ("data", "rows", "annotations", "train"):
-                    if isinstance(data.get(key), list):
-                        yield from data[key]
-                        return
-                yield data
+        while True:
+            yield self.value()
+            if self.expect(",]") == "]":
                 return
-            except json.JSONDecodeError:
-                pass  # JSON lines
+
+
+def _iter_json(path: Path) -> Iterator[Any]:
+    """A .json file: a top-level array (streamed), an object wrapping the rows under ``data`` / ``rows`` /
+    ``annotations`` / ``train`` (the first such array in the file is streamed), a single object (one row), or JSON
+    lines saved as .json."""
+    with open(path, encoding="utf-8") as f:
+        js = JsonStream(f, path)
+        first = js.peek()
+        if first == "[":
+            yield from js.array()
+            if js.peek():
+                raise ValueError(f"{path}: not valid JSON (content after the top-level array)")
+            return
+        if first != "{":
+            yield from _iter_jsonl(path)
+            return
+        js.expect("{")
+        obj: dict[str, Any] = {}
+        if js.peek() != "}":
+            while True:
+                key = js.value()
+                if not isinstance(key, str):
+                    raise ValueError(f"{path}: not valid JSON (object key {key!r})")
+                js.expect(":")
+                if key in WRAPPER_KEYS and js.peek() == "[":
+                    yield from js.array()  # the rows: the other members are metadata
+                    return
+                obj[key] = js.value()
+                if js.expect(",}") == "}":
+                    break
+        else:
+            js.pos += 1
+        if js.peek():  # a second object follows: JSON lines saved as .json
+            del obj
+            yield from _iter_jsonl(path)
+            return
+        yield obj
+
+
+def _iter_jsonl(path: Path, want: Callable[[int], bool] | None = None) -> Iterator[Any]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
+                continue
+            if want is not None and not want(n):
+                yield SKIPPED
                 continue
             try:
                 yield json.loads(line)
@@ -169,18 +255,78 @@ def read_file(path: Path) -> Iterator[Any]:
                 yield Malformed(f"{path.name}:{n}: {e}")
 
 
+def read_file(path: Path, want: Callable[[int], bool] | None = None) -> Iterator[Any]:
+    """Rows of a JSON array / JSON lines / parquet / CSV file, streamed (never the whole file in memory); an
+    unparsable line yields :class:`Malformed`. ``want(i)`` (row index within the file) lets a shard skip the rows
+    of other shards cheaply: such rows yield :data:`SKIPPED` (JSON lines are not parsed, parquet batches without a
+    wanted row are not converted to Python)."""
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix in (".gz",) else path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        i = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            n = batch.num_rows
+            if want is not None and not any(want(j) for j in range(i, i + n)):
+                yield from (SKIPPED for _ in range(n))
+            else:
+                for j, row in enumerate(batch.to_pylist(), i):
+                    yield row if want is None or want(j) else SKIPPED
+            i += n
+        return
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            yield from csv.DictReader(f)
+        return
+    if suffix == ".json":
+        yield from _iter_json(path)
+        return
+    if want is None:
+        yield from _iter_jsonl(path)
+        return
+    i = 0  # want() sees row indexes (blank lines are not rows), as the caller's enumerate does
+
+    def want_line(_: int) -> bool:
+        nonlocal i
+        i += 1
+        return want(i - 1)
+
+    yield from _iter_jsonl(path, want_line)
+
+
+@dataclass
+class RowScope:
+    """Which rows of a source this run converts (set by the ingest stage for a shard through :data:`ROW_SCOPE`):
+    ``want(ordinal)`` over the global row ordinal (all data files in order). :func:`run_adapter` records in
+    ``ordinal`` the row whose result it yielded last, so the ingest stage knows each output's row."""
+
+    want: Callable[[int], bool] | None = None
+    ordinal: int = -1
+
+
+ROW_SCOPE: ContextVar[RowScope | None] = ContextVar("aloevision_row_scope", default=None)
+
+
 def iter_records(ctx: SourceContext) -> Iterator[tuple[str, int, Any]]:
-    """(file label, row index within that file, record) over all data files, or over the HF dataset."""
+    """(file label, row index within that file, record) over all data files, or over the HF dataset. Under a
+    :class:`RowScope` rows of other shards come as :data:`SKIPPED` (one item per row either way)."""
+    scope = ROW_SCOPE.get()
+    want = scope.want if scope is not None else None
     if not ctx.is_local:
         import datasets  # the Hub is only reachable on clusters; tests and the demo use local files
 
         ds = datasets.load_dataset(ctx.path, ctx.hf_config, split=ctx.split, streaming=True)
         for i, row in enumerate(ds):
-            yield ctx.hf_config or "hf", i, row
+            yield ctx.hf_config or "hf", i, (row if want is None or want(i) else SKIPPED)
         return
+    offset = 0
     for path in data_files(ctx):
-        for i, row in enumerate(read_file(path)):
-            yield path.stem, i, row
+        n = 0
+        local = None if want is None else (lambda j, o=offset: want(o + j))
+        for n, row in enumerate(read_file(path, local), 1):
+            yield path.stem, n - 1, row
+        offset += n
 
 
 def missing(value: Any) -> bool:
@@ -372,8 +518,15 @@ def as_list(value: Any) -> list[Any]:
 
 
 def run_adapter(ctx: SourceContext, records: Iterable[tuple[str, int, Any]], convert) -> Iterator[Sample | Drop]:
-    """Call ``convert(ctx, label, index, record)`` per record, turning every expected failure into a Drop."""
-    for label, i, rec in records:
+    """Call ``convert(ctx, label, index, record)`` per record, turning every expected failure into a Drop. Under a
+    :class:`RowScope` only the wanted rows are converted (the others yield nothing)."""
+    scope = ROW_SCOPE.get()
+    want = scope.want if scope is not None else None
+    for ordinal, (label, i, rec) in enumerate(records):
+        if rec is SKIPPED or (want is not None and not want(ordinal)):
+            continue
+        if scope is not None:
+            scope.ordinal = ordinal
         fallback = f"{label}:{i}"
         if isinstance(rec, Malformed):
             yield ctx.drop(fallback, "malformed_record", rec.detail)
