@@ -1,0 +1,137 @@
+"""Ingest at scale: a sharded ingest (n=3, one job per shard) assembled later equals the unsharded ingest, caps
+included; the streaming JSON reader keeps memory bounded on a large array."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose
+
+CAPS = ["mixture.sources.medtrinity.cap=7", "mixture.sources.magpie.cap=5"]  # small enough to bite on the demo
+
+
+def _ctx(cfg, run_dir: Path):
+    from aloevision.artifacts import ArtifactStore
+    from aloevision.pipeline import RunContext
+    from aloevision.tracking import Tracker
+
+    tracker = Tracker(run_dir, config={}, choices={}, overrides=[], wandb_cfg={"mode": "disabled"}, group="t",
+                      job_type="ingest")
+    return RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=ArtifactStore(cfg.paths.cache_dir))
+
+
+def _ingest(tmp_path: Path, demo_dir: Path, cache: Path, name: str, extra: list[str]) -> dict:
+    from aloevision.stages import ingest
+
+    cfg = compose(["stage=ingest", f"paths.cache_dir={cache}", f"paths.demo_dir={demo_dir}", *CAPS, *extra],
+                  root=tmp_path / name)
+    return ingest.run(_ctx(cfg, tmp_path / name / "run"))
+
+
+def test_sharded_then_assembled_equals_unsharded(tmp_path, demo_dir, monkeypatch):
+    from aloevision.stages import ingest
+
+    whole = _ingest(tmp_path, demo_dir, tmp_path / "cache_a", "whole", [])
+    shards = [_ingest(tmp_path, demo_dir, tmp_path / "cache_b", f"shard{k}", ["cluster.data_shards=3",
+                                                                             f"cluster.data_shard={k}"])
+              for k in range(3)]
+    assert all(r["shard"] == [k, 3] and not r["artifacts"] for k, r in enumerate(shards))
+
+    def no_source(*a, **kw):
+        raise AssertionError("the assembling job re-read a source")
+
+    monkeypatch.setattr("aloevision.sources.read_source", no_source)
+    assembled = _ingest(tmp_path, demo_dir, tmp_path / "cache_b", "assemble", ["cluster.data_shards=3"])
+    monkeypatch.undo()
+
+    assert set(whole["artifacts"]) == set(assembled["artifacts"]) and len(whole["artifacts"]) >= 8
+    capped = 0
+    for name, folder in whole["artifacts"].items():
+        a, b = Path(folder), Path(assembled["artifacts"][name])
+        assert (b / "shards.json").is_file()  # built from the shard artifacts, not directly
+        # Same samples, in the same (source) order, byte for byte; same drops and the same report.
+        assert (a / "samples.jsonl").read_bytes() == (b / "samples.jsonl").read_bytes(), name
+        assert (a / "drops.jsonl").read_bytes() == (b / "drops.jsonl").read_bytes(), name
+        ra, rb = json.loads((a / "report.json").read_text()), json.loads((b / "report.json").read_text())
+        assert ra == rb and ra["rows_out"] == sum(1 for _ in open(a / "samples.jsonl"))
+        capped += ra["drops"].get("source_cap", 0)
+        # Each shard did a disjoint part of the rows; together all of them.
+        parts = json.loads((b / "shards.json").read_text())
+        rows = [json.loads((Path(p) / "part.json").read_text())["rows"] for p in parts]
+        assert all(r > 0 for r in rows) or ra["rows_in"] < 2 * ingest.SHARD_BLOCK
+        assert sum(rows) == ra["rows_in"]
+    assert capped > 0  # the caps were exercised
+    rep = json.loads((Path(whole["artifacts"]["medtrinity"]) / "report.json").read_text())
+    assert rep["rows_out"] == 7 and rep["drops"]["source_cap"] > 0
+
+
+def test_sharding_splits_rows_and_keeps_the_global_bottom_k(tmp_path, demo_dir, monkeypatch):
+    """Small blocks, so the demo's few hundred rows really spread over the three shards."""
+    from aloevision.cleaning import sample_key
+    from aloevision.stages import ingest
+
+    monkeypatch.setattr(ingest, "SHARD_BLOCK", 4)
+    extra = ["cluster.data_shards=3"]
+    for k in range(3):
+        _ingest(tmp_path, demo_dir, tmp_path / "cache", f"s{k}", [*extra, f"cluster.data_shard={k}"])
+    out = _ingest(tmp_path, demo_dir, tmp_path / "cache", "asm", extra)
+    folder = Path(out["artifacts"]["medtrinity"])
+    parts = [Path(p) for p in json.loads((folder / "shards.json").read_text())]
+    ids = [set(json.loads(l)[2] for l in open(p / "samples.idx")) for p in parts]
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+    kept = [json.loads(l)["id"] for l in open(folder / "samples.jsonl")]
+    everything = {json.loads(l)["id"] for l in open(Path(_ingest(
+        tmp_path, demo_dir, tmp_path / "cache_nocap", "nocap", ["mixture.sources.medtrinity.cap=null"]
+    )["artifacts"]["medtrinity"]) / "samples.jsonl")}
+    assert set(kept) == set(sorted(everything, key=lambda i: sample_key(i, 0))[:7])
+
+
+def test_shard_job_cannot_feed_later_stages(tmp_path, demo_dir):
+    from aloevision.config import ConfigError
+    from aloevision.stages import ingest
+
+    cfg = compose(["stage=ingest", f"paths.cache_dir={tmp_path / 'c'}", f"paths.demo_dir={demo_dir}",
+                   "cluster.data_shards=2", "cluster.data_shard=1"], root=tmp_path)
+    ctx = _ctx(cfg, tmp_path / "run")
+    ctx.results["ingest"] = {"shard": [1, 2], "parts": {}, "artifacts": {}}
+    with pytest.raises(ConfigError, match="shard 1/2"):
+        ingest.training_artifacts(ctx)
+
+
+def test_streaming_json_array_memory_is_bounded(tmp_path):
+    rows = 50_000
+    path = tmp_path / "big.json"
+    with open(path, "w") as f:  # ~30 MB: json.load would hold ~10x that as Python objects
+        f.write("[")
+        for i in range(rows):
+            rec = {"id": f"r{i}", "image": [f"images/{i % 300}.jpg"], "modality": "CT", "conversations": [
+                {"from": "human", "value": "What does this image show? " * 8},
+                {"from": "gpt", "value": f"Finding {i}: " + "a lesion in the left lobe. " * 12}]}
+            f.write(("," if i else "") + json.dumps(rec))
+        f.write("]")
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(REPO / 'src')!r})
+        from pathlib import Path
+        from aloevision.sources.base import read_file
+
+        def hwm():
+            for line in open('/proc/self/status'):
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+
+        before = hwm()
+        n = sum(1 for r in read_file(Path({str(path)!r})) if r['conversations'][1]['value'])
+        print(json.dumps({{'rows': n, 'delta': hwm() - before}}))
+    """)
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    timeout=60).stdout)
+    assert out["rows"] == rows
+    size = path.stat().st_size
+    assert size > 25 * 2**20
+    assert out["delta"] < 12 * 2**20, f"peak RSS grew by {out['delta'] / 2**20:.1f} MiB reading a {size >> 20} MiB array"
