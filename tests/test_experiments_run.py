@@ -101,4 +101,4 @@ def test_ar_experiment_without_a_first_stage_model_stops_at_start_up(run_launch,
     proc = run_launch("+experiment=demo_ar", "model=tiny", "stage=train", "train.max_steps=1",
                       f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode != 0
-    assert "init_from" in proc.stdout + proc.stderr
+    assert "Config error" in proc.stderr and "train.init_from=" in proc.stderr, proc.stderr[-2000:]
