@@ -562,7 +562,7 @@ def compose_mixture(name: str):
         return compose(config_name="config", overrides=overrides).mixture
 
 
-def run_plan(cfg, out_dir: str | Path, stats_path: str | Path | None = None, console=None) -> Plan:
+def run_plan(cfg, out_dir: str | Path, stats_path: str | Path | None = None, console=None, mixture=None) -> Plan:
     """`stage=plan`: stats (plan.stats, else `stats_path` measured by a previous run) -> plan.json + printed table."""
     path = _get(_get(cfg, "plan"), "stats") or stats_path
     if not path:
@@ -571,7 +571,7 @@ def run_plan(cfg, out_dir: str | Path, stats_path: str | Path | None = None, con
     stats, meta = load_stats(path)
     model = _get(cfg, "model")
     plan = make_plan(
-        cfg.mixture, stats, _get(model, "recipe"), _get(cfg, "cluster"), seed=int(_get(cfg, "seed", 0)),
+        cfg.mixture if mixture is None else mixture, stats, _get(model, "recipe"), _get(cfg, "cluster"), seed=int(_get(cfg, "seed", 0)),
         train=_get(cfg, "train"), total_loss_tokens=_get(cfg.mixture, "total_loss_tokens"), stats_meta=meta,
         reference_steps=reference_steps_from(cfg, stats) if _get(model, "recipe") is not None else None,
     )

@@ -84,6 +84,9 @@ class Tracker:
             "metrics": {},
             "stages": {},
             "paths": {"run_dir": str(self.run_dir)},
+            # Where the job ran: SLURM ids trace a run back to its job (and array task) in sacct / submitit logs.
+            "slurm": {k.lower(): os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                                                          "SLURM_JOB_NODELIST") if k in os.environ},
             "wandb": {},
         }
         self.run = None

@@ -241,6 +241,18 @@ def _chart(path: Path, comp: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def mixture_with_built_sources(ctx):
+    """The mixture config plus the sets earlier stages of this run built (the AR set): sources of this mixture too."""
+    built = (ctx.results.get("adversarial") or {}).get("sources", {})
+    if not built:
+        return ctx.cfg.mixture
+    from omegaconf import OmegaConf
+
+    mixture = OmegaConf.to_container(ctx.cfg.mixture, resolve=True)
+    mixture["sources"].update(built)
+    return mixture
+
+
 def build_plan(ctx, stats: list, tokens_arts: dict[str, Any]) -> dict[str, Any]:
     """The mixture's plan on the measured (available) stats; the reference's steps on the same stats."""
     from aloevision.planning import make_plan, reference_steps_from
@@ -255,14 +267,7 @@ def build_plan(ctx, stats: list, tokens_arts: dict[str, Any]) -> dict[str, Any]:
         extra_arts = tok.source_artifacts(ctx, tok.ingest_sources(ctx, extra))
         more, _ = available_stats(extra_arts, set())
         ref_stats += [s for s in more if s.name not in have]
-    mixture = cfg.mixture
-    built = (ctx.results.get("adversarial") or {}).get("sources", {})
-    if built:  # sets built by earlier stages of this run (the AR set) are sources of this mixture too
-        from omegaconf import OmegaConf
-
-        mixture = OmegaConf.to_container(cfg.mixture, resolve=True)
-        mixture["sources"].update(built)
-    plan = make_plan(mixture, stats, cfg.model.recipe, cfg.cluster, seed=int(cfg.seed), train=cfg.train,
+    plan = make_plan(mixture_with_built_sources(ctx), stats, cfg.model.recipe, cfg.cluster, seed=int(cfg.seed), train=cfg.train,
                      total_loss_tokens=cfg.mixture.total_loss_tokens, stats_meta={"measured": True},
                      reference_steps=reference_steps_from(cfg, ref_stats))
     return plan.to_dict()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aloevision.planning import PlanError, plan_training
+from aloevision.planning import plan_training
 
 
 def check_batch(cfg) -> None:
@@ -33,10 +33,9 @@ def run(ctx) -> dict[str, Any]:
         res = ctx.results.get("tokens") or tokens.run(ctx)
         ctx.results["tokens"] = res
         stats_path = res["stats"]
-    try:
-        plan = run_plan(cfg, ctx.run_dir, stats_path=stats_path)
-    except PlanError:
-        raise
+    from aloevision.stages.mix import mixture_with_built_sources
+
+    plan = run_plan(cfg, ctx.run_dir, stats_path=stats_path, mixture=mixture_with_built_sources(ctx))
     d = plan.to_dict()
     cols = ["source", "category", "fraction", "samples", "loss_tokens", "share", "requested_share"]
     ctx.tracker.table("plan/sources", cols, [[s["label"], s["category"], s["fraction"], s["samples"],
