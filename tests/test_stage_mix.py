@@ -45,7 +45,10 @@ def test_demo_mixture_opens_with_datasets(run_launch, tmp_path):
     assert all(r["requested_share"] == "" for r in rows)
     plan = json.loads((run_dir / "plan.json").read_text())
     assert all(s["fraction"] == 1.0 for s in plan["sources"])
-    assert plan["training"]["total_steps"] == plan["training"]["steps_per_epoch"] * 3  # tiny recipe: 3 epochs
+    from omegaconf import OmegaConf
+
+    epochs = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/model/tiny.yaml").recipe.epochs
+    assert plan["training"]["total_steps"] == plan["training"]["steps_per_epoch"] * epochs  # the tiny recipe's epochs
 
 
 def test_targets_rebalance_by_loss_tokens(run_launch, tmp_path):
