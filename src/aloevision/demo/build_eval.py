@@ -37,11 +37,7 @@ def build_mcq(ctx: BuildContext, n: int = 40) -> None:
             q, correct, pool, cat = "Where is the finding located?", s.position, POSITIONS, "position"
         else:
             q, correct, pool, cat = "What imaging modality is this?", s.modality, MODALITIES, "modality"
-        # Options in the pool's fixed order (the letter still depends on the image; answers spread over A-D):
-        # matching shuffled option texts to the image is beyond the demo's 2-layer CPU model (docs/benchmarks.md).
-        # CareQA-Vision below keeps shuffled options, so the demo also shows what the model cannot do.
-        _shuffled(rng, correct, pool)  # drawn and unused: keeps the later draws (the leak planting) unchanged
-        opts = list(pool)
+        opts = _shuffled(rng, correct, pool)
         jpg = encode(s.scan.image, "JPEG", quality=92)
         b64 = base64.b64encode(jpg).decode()
         # VLMEvalKit convention: a row may reference another row's image by its index (short digit string).

@@ -78,7 +78,7 @@ def _conv(q: str, a: str) -> list[dict[str, str]]:
 # Extra records per source that ask closed questions (lettered MCQ, yes/no) about a fresh scan, appended after the
 # original rows so every planted defect keeps its row. Sources whose native records hold one exchange get one
 # question per record; conversational ones (MeCoVQA, Med-GRIT, Cambrian) ask every closed question about the image.
-N_CLOSED = {"pubmedvision": 10, "medmax": 10, "mecovqa": 60, "medgrit": 60, "cambrian": 1200}
+N_CLOSED = {"pubmedvision": 10, "medmax": 10, "mecovqa": 60, "medgrit": 60, "cambrian": 40}
 
 
 def closed_scene(ctx: BuildContext, rng: np.random.Generator, fmt: str = "JPEG", **kw) -> tuple[Scene, bytes]:

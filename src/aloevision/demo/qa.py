@@ -168,12 +168,7 @@ def mcq_prompt(question: str, options: list[str]) -> str:
 
 
 def _mcq(rng: np.random.Generator, question: str, correct: str, pool: list[str]) -> tuple[str, str]:
-    # Options in the pool's fixed order, as the demo MCQ benchmark lists them (build_eval.build_mcq): the letter still
-    # depends on the image. The demo's 2-layer random-init model cannot learn to match a shuffled option text to the
-    # image within the CPU budget (docs/benchmarks.md "Demo run"). The shuffle is still drawn (and unused) so the
-    # generator's later draws, hence the demo data, stay as they were.
-    rng.permutation(len(pool))
-    opts = list(pool)
+    opts = [pool[k] for k in rng.permutation(len(pool))]
     return mcq_prompt(question, opts), LETTERS[opts.index(correct)]
 
 
