@@ -39,7 +39,6 @@ SMALL = HASH_SIZE * 4
 # Pillow versions whose resize the numba kernels were verified against (tests/test_phash.py); others use Pillow.
 VERIFIED_PILLOW = ("13.0.0",)
 FAST_GREY_MODES = ("L", "RGB", "RGBA", "RGBX")
-PNG_DIRECT = True  # plain 8-bit L/RGB PNGs decoded by ._png (same pixels); False: Pillow (benchmark A/B)
 
 ImageRef = Any  # str path / "archive::member" / bytes / os.PathLike
 Reader = Callable[[Any], bytes]
@@ -227,18 +226,6 @@ def decode(data: bytes, name: str = "<bytes>", load: bool = True) -> Image.Image
 
 
 def _small_from_bytes(data: bytes, name: str, fast: bool | None = None) -> np.ndarray:
-    if PNG_DIRECT and fast is not False and data[:8] == b"\x89PNG\r\n\x1a\n" and fast_path_enabled():
-        # Plain 8-bit L/RGB PNGs: one inflate call + a fused unfilter/grey pass instead of Pillow's row-by-row
-        # decode into RGBX (lossless, so the pixels are Pillow's); anything unusual returns None -> Pillow.
-        img = decode(data, name, load=False)  # header, mode and the decompression-bomb check stay Pillow's
-        if img.format == "PNG" and img.mode in ("L", "RGB") and "transparency" not in img.info:
-            from ._png import grey_pixels
-            from ._resample import resize32
-
-            grey = grey_pixels(data)
-            if grey is not None and grey.shape == (img.size[1], img.size[0]):
-                return resize32(grey)
-        return _small_from_image(decode(data, name), name, fast)
     return _small_from_image(decode(data, name), name, fast)
 
 
