@@ -45,28 +45,32 @@ def load_pil(image) -> Any:
     return img.convert("RGB")
 
 
-def generate(model, processor, items, max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
-    """Greedy answers for eval items (images + prompt in one user turn)."""
+def generate_chat(model, processor, turns, max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
+    """Greedy answers to single user turns, batched with left padding. `turns`: (content parts, images) pairs, the
+    parts in TRL's format ({"type": "image"} / {"type": "text", "text": ...}), images in placeholder order."""
     import torch
 
     tok = processor.tokenizer
     tok.padding_side = "left"  # decoder-only batch generation pads on the left
     out: list[str] = []
-    for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch", leave=False):
-        batch = items[start : start + batch_size]
-        texts, images = [], []
-        for it in batch:
-            content = [{"type": "image"} for _ in it.images] + [{"type": "text", "text": prompt_text(it)}]
-            texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                       add_generation_prompt=True))
-            images.extend(load_pil(im) for im in it.images)
+    for start in tqdm(range(0, len(turns), batch_size), desc=desc, unit="batch", leave=False):
+        batch = turns[start : start + batch_size]
+        texts = [processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                               add_generation_prompt=True) for content, _ in batch]
+        images = [load_pil(im) for _, imgs in batch for im in imgs]
         enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True)
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        new = gen[:, enc["input_ids"].shape[1] :]
-        out.extend(tok.batch_decode(new, skip_special_tokens=True))
+        out.extend(tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     return out
+
+
+def generate(model, processor, items, max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
+    """Greedy answers for eval items (their images, then the prompt, in one user turn)."""
+    turns = [([{"type": "image"} for _ in it.images] + [{"type": "text", "text": prompt_text(it)}], it.images)
+             for it in items]
+    return generate_chat(model, processor, turns, max_new_tokens, batch_size, desc)
 
 
 def loglik_choices(model, processor, items, desc: str) -> list[str]:

@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from aloevision.config import ConfigError
 
@@ -114,30 +113,16 @@ def build_benchmark(ctx):
 
 
 def generate_answers(model, processor, samples, max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers, batched with left padding; the user turn is the sample's image(s) + its attacked prompt."""
-    import torch
+    """Greedy answers; the user turn is the sample's image(s) + its attacked prompt, as built."""
+    from aloevision.stages.eval import generate_chat
 
-    from aloevision.stages.eval import load_pil
-
-    tok = processor.tokenizer
-    tok.padding_side = "left"
-    out: list[str] = []
-    for start in tqdm(range(0, len(samples), batch_size), desc="eval heart", unit="batch", leave=False):
-        batch = samples[start : start + batch_size]
-        texts, images = [], []
-        for s in batch:
-            user = next(m for m in s.messages if m["role"] == "user")
-            content = [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
-                       for p in user["content"]]
-            texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                       add_generation_prompt=True))
-            images.extend(load_pil(im) for im in s.images)
-        enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True)
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        out.extend(tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
-    return out
+    turns = []
+    for s in samples:
+        user = next(m for m in s.messages if m["role"] == "user")
+        content = [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
+                   for p in user["content"]]
+        turns.append((content, s.images))
+    return generate_chat(model, processor, turns, max_new_tokens, batch_size, desc="eval heart")
 
 
 def run_heart(ctx, model, processor) -> dict[str, float]:
