@@ -110,7 +110,7 @@ def test_source_shares(table1):
 
 
 def test_errors(table1):
-    with pytest.raises(PlanError, match=r"must sum to 1; they sum to 0\.9990"):
+    with pytest.raises(PlanError, match=r"must sum to 1 \(they sum to 0\.9990\)"):
         plan_mixture(mixture("x", ALL, dict(medical_multimodal=0.418, medical_text=0.297, general_text=0.182,
                                              general_multimodal=0.102)), table1)
     with pytest.raises(PlanError, match=r"source_shares for category medical_multimodal must sum to 1"):

@@ -330,6 +330,20 @@ def register_configs() -> None:
         cs.store(group=group, name=f"base_{group}", node=node)
 
 
+def target_shares_problem(targets: dict) -> str | None:
+    """What is wrong with a mixture's category targets (unknown category, shares not summing to 1), or None."""
+    if not targets:
+        return None
+    bad = [k for k in targets if k not in CATEGORIES]
+    if bad:
+        return f"mixture.targets has unknown categories {bad}; use {', '.join(CATEGORIES)}"
+    total = sum(targets.values())
+    if abs(total - 1.0) > 1e-6:
+        return (f"mixture.targets must sum to 1 (they sum to {total:.4f}): "
+                + ", ".join(f"{k}={v}" for k, v in targets.items()))
+    return None
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and says how to fix it."""
 
@@ -348,14 +362,6 @@ def validate(cfg) -> None:
             "adversarial.enabled trains the second (AR) stage from a first-stage model: set "
             "train.init_from=<stage-1 run folder or checkpoint>"
         )
-    targets = dict(cfg.mixture.targets)
-    if targets:
-        bad = [k for k in targets if k not in CATEGORIES]
-        if bad:
-            raise ConfigError(f"mixture.targets has unknown categories {bad}; use {', '.join(CATEGORIES)}")
-        total = sum(targets.values())
-        if abs(total - 1.0) > 1e-6:
-            raise ConfigError(
-                f"mixture.targets must sum to 1 (they sum to {total:.4f}): "
-                + ", ".join(f"{k}={v}" for k, v in targets.items())
-            )
+    problem = target_shares_problem(dict(cfg.mixture.targets))
+    if problem:
+        raise ConfigError(problem)

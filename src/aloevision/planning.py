@@ -292,13 +292,11 @@ def plan_mixture(
 
     # -- validate shares
     if targets:
-        bad = [k for k in targets if k not in CATEGORIES]
-        if bad:
-            raise PlanError(f"mixture.targets has unknown categories {bad}; use {', '.join(CATEGORIES)}")
-        tsum = sum(targets.values())
-        if abs(tsum - 1) > 1e-6:
-            raise PlanError(f"mixture.targets must sum to 1; they sum to {tsum:.4f} ("
-                            + ", ".join(f"{k}={v}" for k, v in targets.items()) + ")")
+        from aloevision.config import target_shares_problem
+
+        problem = target_shares_problem(dict(targets))
+        if problem:
+            raise PlanError(problem)
         untargeted = [c for c in present if c not in targets]
         if untargeted:
             srcs = [s.name for s in chosen if s.category in untargeted]
