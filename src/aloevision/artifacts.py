@@ -68,3 +68,16 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=str))
     os.replace(tmp, path)
+
+
+def write_folder_atomic(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
+    """`fill(tmp)` writes a folder that then appears at `out_dir` in one rename (readers never see half of it)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-" + out_dir.name))
+    try:
+        fill(tmp)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from aloevision.model.tiny import CHAT_TEMPLATE_PATH, QWEN2VL_SPECIAL_TOKENS
@@ -142,19 +140,16 @@ def build_processor_dir(out_dir: str | Path) -> Path:
     tok = build_tokenizer()
     image_processor = Qwen2VLImageProcessorPil(**QWEN2VL_IMAGE_PROCESSOR)
     processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-" + out_dir.name))
-    try:
+    def fill(tmp: Path) -> None:
         processor.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "offline_build.json").write_text(
             json.dumps({"build": BUILD_VERSION, "ranks": str(tiktoken_ranks_path()), "vocab": len(tok)}, indent=1)
         )
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+
+    from aloevision.artifacts import write_folder_atomic
+
+    return write_folder_atomic(out_dir, fill)
 
 
 def ensure_processor_dir(cache_dir: str | Path) -> Path:

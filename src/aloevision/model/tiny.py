@@ -8,9 +8,6 @@ It is built deterministically on first use into a cache folder and then loaded w
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from aloevision.utils.locks import file_lock
@@ -129,18 +126,15 @@ def build_tiny(out_dir: Path, spec: dict) -> Path:
     image_processor = Qwen2VLImageProcessorPil(min_pixels=spec["min_pixels"], max_pixels=spec["max_pixels"])
     processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template)
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-" + out_dir.name))
-    try:
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "tiny_spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+
+    from aloevision.artifacts import write_folder_atomic
+
+    return write_folder_atomic(out_dir, fill)
 
 
 def ensure_tiny(cache_dir: str | Path, spec: dict) -> Path:
