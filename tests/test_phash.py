@@ -244,3 +244,131 @@ def test_cache_concurrent_processes_and_compaction(tmp_path):
     assert len(PHashCache(root, version="v2")) == 0  # other library versions never see these hashes
 
 
+
+
+# ---- direct PNG decoding (leakage/_png.py) -----------------------------------------------------------------------
+def _png_bytes(pixels: np.ndarray, filters: list[int], chunks: int = 3, extra: list[tuple[bytes, bytes]] = (),
+               interlace: int = 0) -> bytes:
+    """A hand-made PNG whose rows use the given filter types (Pillow's encoder rarely picks all five)."""
+    import struct
+    import zlib
+
+    h, w = pixels.shape[:2]
+    bpp = 1 if pixels.ndim == 2 else 3
+    rows = pixels.reshape(h, w * bpp).astype(np.int32)
+    out = bytearray()
+    for y in range(h):
+        cur, prev = rows[y], rows[y - 1] if y else np.zeros(w * bpp, np.int32)
+        a = np.concatenate([np.zeros(bpp, np.int32), cur[:-bpp]])
+        c = np.concatenate([np.zeros(bpp, np.int32), prev[:-bpp]])
+        f = filters[y % len(filters)]
+        if f == 0:
+            pred = np.zeros_like(cur)
+        elif f == 1:
+            pred = a
+        elif f == 2:
+            pred = prev
+        elif f == 3:
+            pred = (a + prev) >> 1
+        else:
+            p = a + prev - c
+            pa, pb, pc = abs(p - a), abs(p - prev), abs(p - c)
+            pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, prev, c))
+        out.append(f)
+        out += ((cur - pred) & 255).astype(np.uint8).tobytes()
+    z = zlib.compress(bytes(out), 6)
+
+    def chunk(t: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body) & 0xFFFFFFFF)
+
+    step = max(1, -(-len(z) // chunks))
+    body = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0 if bpp == 1 else 2, 0, 0, interlace))
+    body += b"".join(chunk(t, b) for t, b in extra)
+    body += b"".join(chunk(b"IDAT", z[i:i + step]) for i in range(0, len(z), step))
+    return b"\x89PNG\r\n\x1a\n" + body + chunk(b"IEND", b"")
+
+
+def test_direct_png_decoding_is_pillows_pixels():
+    from aloevision.leakage._png import grey_pixels
+
+    rng = np.random.default_rng(3)
+    sizes = [(1, 1), (1, 9), (9, 1), (2, 3), (33, 17), (64, 250), (301, 40)]
+    n = 0
+    for w, h in sizes:
+        for shape in ((h, w), (h, w, 3)):
+            smooth = np.cumsum(rng.integers(-3, 4, shape), axis=0) + 128
+            for px in (rng.integers(0, 256, shape), smooth):
+                px = (px % 256).astype(np.uint8)
+                for filters in ([0], [1], [2], [3], [4], [4, 3, 2, 1, 0]):
+                    data = _png_bytes(px, filters, chunks=1 + n % 3)
+                    ref_img = Image.open(io.BytesIO(data))
+                    want = np.asarray(ref_img.convert("L"))
+                    got = grey_pixels(data)
+                    assert got is not None and np.array_equal(got, want), (w, h, shape, filters)
+                    h1, _ = hash_many([data])
+                    assert int(h1[0]) == ref_hash(Image.open(io.BytesIO(data))), (w, h, filters)
+                    n += 1
+    for _, data in CORPUS:  # Pillow-written PNGs of every mode: covered ones decode, others defer to Pillow
+        got = grey_pixels(data) if data[:4] == b"\x89PNG" else None
+        if got is not None:
+            assert np.array_equal(got, np.asarray(Image.open(io.BytesIO(data)).convert("L")))
+
+
+def test_direct_png_defers_to_pillow_on_anything_unusual():
+    import struct
+    import zlib
+
+    from aloevision.leakage._png import grey_pixels
+
+    px = np.random.default_rng(4).integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    good = _png_bytes(px, [4, 1])
+    assert grey_pixels(good) is not None
+    trns = _png_bytes(px, [4], extra=[(b"tRNS", b"\x00\x01\x00\x02\x00\x03")])
+    cases = {
+        "truncated": good[:-30], "no IEND": good[:-12], "tRNS": trns,
+        "interlaced": _png_bytes(px, [0], interlace=1), "filter type 5": _png_bytes(px, [5]),
+        "bad crc": good[:40] + bytes([good[40] ^ 1]) + good[41:],
+    }
+    two = _png_bytes(px, [0], chunks=2)
+    first_idat = two.index(b"IDAT") - 4
+    second = first_idat + 12 + struct.unpack(">I", two[first_idat:first_idat + 4])[0]
+    text = struct.pack(">I", 1) + b"tEXt" + b"x" + struct.pack(">I", zlib.crc32(b"tEXtx"))
+    cases["gap between IDATs"] = two[:second] + text + two[second:]
+    # An IDAT body that inflates to the wrong length, with valid CRCs.
+    raw = zlib.compress(b"\x00" * 10)
+    short = good[:33] + struct.pack(">I", len(raw)) + b"IDAT" + raw + struct.pack(">I", zlib.crc32(b"IDAT" + raw))
+    cases["short data"] = short + good[-12:]
+    for name, data in cases.items():
+        assert grey_pixels(data) is None, name
+        # Whatever Pillow says (a hash or a reasoned error), hash_many says the same with or without the fast path.
+        fast, ferr = hash_many([data])
+        slow, serr = hash_many([data], fast=False)
+        assert [e.split(":")[0] for _, e in ferr] == [e.split(":")[0] for _, e in serr], name
+        assert np.array_equal(fast, slow), name
+
+
+def test_direct_png_decoding_on_pillow_written_files():
+    """Pillow's own encoder (adaptive filters per row, several IDAT chunks) at every compression level, L and RGB."""
+    from aloevision.leakage._png import grey_pixels
+
+    rng = np.random.default_rng(5)
+    for mode, shape in (("L", (70, 90)), ("RGB", (70, 90, 3))):
+        px = (np.cumsum(rng.integers(-4, 5, shape), axis=1) + 128) % 256
+        img = Image.fromarray(px.astype(np.uint8), mode)
+        for level in (0, 1, 6, 9):
+            data = encode(img, "PNG", compress_level=level)
+            want = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+            assert np.array_equal(grey_pixels(data), want), (mode, level)
+
+
+def test_direct_png_inflate_backends_agree(monkeypatch):
+    import zlib
+
+    from aloevision.leakage import _png
+
+    assert _png.INFLATE == "isal"  # a dependency: without it PNGs decode at zlib 1.2 speed (same bits)
+    px = np.random.default_rng(6).integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    data = _png_bytes(np.cumsum(px, axis=1).astype(np.uint8), [4, 1, 2, 3, 0], chunks=4)
+    fast = _png.grey_pixels(data)
+    monkeypatch.setattr(_png, "_zlib", zlib)
+    assert fast is not None and np.array_equal(_png.grey_pixels(data), fast)

@@ -4,7 +4,8 @@ imagehash does ``img.convert("L").resize((32, 32), LANCZOS)``, a 2-D ``scipy.fft
 top-left 8x8 coefficients with their median. Almost all of its time (beyond decoding) is Pillow's full-resolution
 Lanczos pass, so that pass is replaced by :mod:`._resample` (Pillow's exact fixed-point arithmetic, vectorised,
 GIL-free) with the RGB->L conversion fused into it. The DCT stays scipy's: a matrix-product DCT rounds differently
-and flips bits on images whose coefficients tie at the median (blank or symmetric frames).
+and flips bits on images whose coefficients tie at the median (blank or symmetric frames). Plain 8-bit PNGs are
+decoded by :mod:`._png` (a faster inflate and unfilter; PNG is lossless, so the pixels are Pillow's).
 
 Anything the fast path does not cover (other Pillow versions, other modes' grey conversion) goes through Pillow's
 own ``convert("L")``/``resize`` exactly as imagehash does, so results never depend on which path ran. The integer
@@ -39,6 +40,7 @@ SMALL = HASH_SIZE * 4
 # Pillow versions whose resize the numba kernels were verified against (tests/test_phash.py); others use Pillow.
 VERIFIED_PILLOW = ("13.0.0",)
 FAST_GREY_MODES = ("L", "RGB", "RGBA", "RGBX")
+PNG_DIRECT = True  # plain 8-bit L/RGB PNGs decoded by ._png (same pixels); False: Pillow (benchmark A/B)
 
 ImageRef = Any  # str path / "archive::member" / bytes / os.PathLike
 Reader = Callable[[Any], bytes]
@@ -226,6 +228,17 @@ def decode(data: bytes, name: str = "<bytes>", load: bool = True) -> Image.Image
 
 
 def _small_from_bytes(data: bytes, name: str, fast: bool | None = None) -> np.ndarray:
+    if PNG_DIRECT and fast is not False and data[:8] == b"\x89PNG\r\n\x1a\n" and fast_path_enabled():
+        # Plain 8-bit L/RGB PNGs: a fast inflate + one fused unfilter/grey pass instead of Pillow's row-by-row
+        # decode into RGBX (lossless, so the pixels are Pillow's); anything unusual returns None -> Pillow.
+        img = decode(data, name, load=False)  # header, mode and the decompression-bomb check stay Pillow's
+        if img.format == "PNG" and img.mode in ("L", "RGB") and "transparency" not in img.info:
+            from ._png import grey_pixels
+            from ._resample import resize32
+
+            grey = grey_pixels(data)
+            if grey is not None and grey.shape == (img.size[1], img.size[0]):
+                return resize32(grey)
     return _small_from_image(decode(data, name), name, fast)
 
 
