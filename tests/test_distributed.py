@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from aloevision import distributed as d
+from aloevision.config import nodes_for, register_configs
 
 SRUN_RANK5 = {  # rank 5 of an 8-task step on two 4-GPU nodes, as srun sets it
     "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
@@ -77,14 +78,14 @@ def test_slurm_list_parsers():
 
 
 def test_nodes_resolver_and_world_size():
-    d.register_resolvers()
-    d.register_resolvers()  # idempotent
+    register_configs()
+    register_configs()  # idempotent
     cfg = OmegaConf.create({"model": {"recipe": {"gpus": 100}},
                             "cluster": {"kind": "slurm", "gpus_per_node": 4,
                                         "nodes": "${aloe.nodes:${model.recipe.gpus},${cluster.gpus_per_node}}"}})
     assert cfg.cluster.nodes == 25
     assert d.planned_world_size(cfg.cluster) == 100
-    assert d.nodes_for(32, 4) == 8 and d.nodes_for(6, 4) == 2 and d.nodes_for(2, 0) == 1
+    assert nodes_for(32, 4) == 8 and nodes_for(6, 4) == 2 and nodes_for(2, 0) == 1
     assert d.planned_world_size({"kind": "local", "gpus_per_node": 0}) == 1
 
 
@@ -94,10 +95,7 @@ def _compose_cluster(overrides, tmp_path):
 
     from hydra import compose, initialize_config_dir
 
-    from aloevision.config import register_configs
-
     register_configs()
-    d.register_resolvers()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose(config_name="config", return_hydra_config=True,
@@ -145,6 +143,22 @@ def test_gpu_cluster_configs_make_one_task_per_gpu(cluster, model, nodes, cpus, 
                  "#SBATCH --mem=480GB", f"export OMP_NUM_THREADS={cpus}", *extra]:
         assert line in text, f"{line!r} not in\n{text}"
     assert "torchrun" not in text
+
+
+@pytest.mark.parametrize("cluster", ["marenostrum5", "leonardo"])
+def test_gpu_cluster_data_and_eval_jobs_take_one_task_on_one_node(cluster, tmp_path, monkeypatch):
+    """Job-array shards of the data stages (and eval / report jobs) must not ask for the training job's 8 nodes x 4
+    tasks each: every stage but all/train gets one task on one node, keeping the node's GPUs."""
+    monkeypatch.setenv("SLURM_ACCOUNT", "proj42")
+    for stage in ("hash", "score", "leakage", "eval", "report", "plan"):
+        cfg = _compose_cluster([f"cluster={cluster}", "model=qwen2vl_7b", f"stage={stage}",
+                                "cluster.data_shard=3"], tmp_path)
+        text = _sbatch_text(cfg, tmp_path)
+        for line in ("#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --gres=gpu:4"):
+            assert line in text, f"stage={stage}: {line!r} not in\n{text}"
+    cfg = _compose_cluster([f"cluster={cluster}", "model=qwen2vl_7b", "stage=train"], tmp_path)
+    assert "#SBATCH --nodes=8" in _sbatch_text(cfg, tmp_path) and "#SBATCH --ntasks-per-node=4" in _sbatch_text(
+        cfg, tmp_path)
 
 
 def test_cluster_overrides_flow_into_the_launcher(tmp_path, monkeypatch):

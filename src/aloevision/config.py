@@ -306,11 +306,23 @@ def nodes_for(gpus, gpus_per_node) -> int:
     return 1 if per <= 0 else max(1, -(-g // per))
 
 
+TRAINING_STAGES = ("all", "train")  # jobs that start the distributed training (every node, one task per GPU)
+
+
+def for_stage(stage, training_value, other_value):
+    """`${aloe.for_stage:${stage},a,b}`: `a` for a job that trains (stage all/train), `b` for every other stage.
+    The GPU cluster configs use it so that data, eval and report jobs (job-array shards included) take one task on
+    one node instead of the training job's nodes x GPUs."""
+    return training_value if str(stage) in TRAINING_STAGES else other_value
+
+
 def register_configs() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("aloe.nodes"):
         OmegaConf.register_new_resolver("aloe.nodes", nodes_for)
+    if not OmegaConf.has_resolver("aloe.for_stage"):
+        OmegaConf.register_new_resolver("aloe.for_stage", for_stage)
     if not OmegaConf.has_resolver("aloe.cwd"):
         # The launch directory. (${hydra:runtime.cwd} is not set yet when Hydra resolves a multirun's sweep dir.)
         import os

@@ -10,7 +10,6 @@ inside a SLURM or submitit task. Locally, torchrun's variables are used as they 
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import re
@@ -197,14 +196,6 @@ def setup(*, init_process_group: bool = False, deepspeed: bool = False, timeout_
 
 
 # -- cluster arithmetic ----------------------------------------------------------------------------------------------
-def nodes_for(gpus: Any, gpus_per_node: Any) -> int:
-    """Nodes a recipe's GPU count needs (the `aloe.nodes` resolver: cluster.nodes follows model.recipe.gpus)."""
-    g, per = int(gpus), int(gpus_per_node)
-    if per <= 0:
-        return 1
-    return max(1, math.ceil(g / per))
-
-
 def planned_world_size(cluster: Any) -> int:
     """Ranks a job on `cluster` will have: nodes x GPUs per node on SLURM (one task per GPU), else 1."""
     get = (lambda k, d=None: cluster.get(k, d)) if isinstance(cluster, Mapping) else (
@@ -212,11 +203,3 @@ def planned_world_size(cluster: Any) -> int:
     if get("kind", "local") != "slurm" or int(get("gpus_per_node", 0) or 0) == 0:
         return 1
     return int(get("nodes", 1)) * int(get("gpus_per_node"))
-
-
-def register_resolvers() -> None:
-    """OmegaConf resolvers the cluster configs use; idempotent (call before composing)."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("aloe.nodes"):
-        OmegaConf.register_new_resolver("aloe.nodes", nodes_for)
