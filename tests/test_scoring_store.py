@@ -106,7 +106,7 @@ def test_shards_partition_and_are_stable(tmp_path, tiny_path, cfg):
         ids_k = [sid for sid, _ in score_samples(samples, cfg, store, backend=be)]
         assert ids_k == [s.id for s in samples if shard_of(s.id, 2) == k] == be.tagged
     merged = ScoreStore(tmp_path / "sh", store.fingerprint)
-    assert sorted(merged.all()) == sorted(s.id for s in samples)
+    assert sorted(r.id for r in merged.records()) == sorted(s.id for s in samples)
 
 
 def test_duplicate_ids_are_an_error(tmp_path, tiny_path, cfg):

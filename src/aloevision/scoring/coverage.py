@@ -3,7 +3,7 @@ part, over a set of scored samples (the final mixture), as PNG + CSV of counts.
 
 Each sample counts once per heatmap, at its PRIMARY tags (the first, highest-priority tag of each field): the
 matrix then sums to the number of tagged samples. Samples without a tag in either field are counted as untagged
-(reported, not plotted)."""
+(reported, not plotted). Counting reads the records once (a stream) or only their first-tag columns (`ScoreRows`)."""
 
 from __future__ import annotations
 
@@ -13,22 +13,55 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from aloevision.scoring.store import ScoreRecord
+import numpy as np
+
+from aloevision.scoring.store import ScoreRecord, ScoreRows, tag_column
 from aloevision.scoring.taxonomy import FIELD_NAMES, VOCAB
 
 PAIRS = (("MOD", "MED"), ("MOD", "SBP"), ("MOD", "GBP"))
+
+
+def _primary(record: ScoreRecord, row: str, col: str) -> tuple[str, str] | None:
+    a, b = record.tags.get(row) or [], record.tags.get(col) or []
+    return (a[0], b[0]) if a and b else None
 
 
 def coverage_counts(records: Iterable[ScoreRecord], row: str, col: str) -> tuple[Counter, int]:
     counts: Counter = Counter()
     untagged = 0
     for r in records:
-        a, b = r.tags.get(row) or [], r.tags.get(col) or []
-        if a and b:
-            counts[(a[0], b[0])] += 1
+        cell = _primary(r, row, col)
+        if cell:
+            counts[cell] += 1
         else:
             untagged += 1
     return counts, untagged
+
+
+def coded_counts(rows: ScoreRows, row: str, col: str) -> tuple[Counter, int]:
+    """`coverage_counts` from the first-tag columns: no record is read."""
+    a, b = rows.column(tag_column(row)).astype(np.int64), rows.column(tag_column(col)).astype(np.int64)
+    tagged = (a > 0) & (b > 0)  # code 0: no tag in that field
+    cells, n = np.unique((a[tagged] << 16) | b[tagged], return_counts=True)
+    names_a, names_b = rows.table.codes.tags[row].names, rows.table.codes.tags[col].names
+    counts = Counter({(names_a[c >> 16], names_b[c & 0xFFFF]): m for c, m in zip(cells.tolist(), n.tolist())})
+    return counts, len(a) - int(tagged.sum())
+
+
+def pair_counts(records: Iterable[ScoreRecord] | ScoreRows) -> dict[tuple[str, str], tuple[Counter, int]]:
+    """(counts, untagged) of every pair of PAIRS, in one pass over the records (or from the columns)."""
+    if isinstance(records, ScoreRows):
+        return {(row, col): coded_counts(records, row, col) for row, col in PAIRS}
+    counts = {pair: Counter() for pair in PAIRS}
+    untagged = dict.fromkeys(PAIRS, 0)
+    for r in records:
+        for pair in PAIRS:
+            cell = _primary(r, *pair)
+            if cell:
+                counts[pair][cell] += 1
+            else:
+                untagged[pair] += 1
+    return {pair: (counts[pair], untagged[pair]) for pair in PAIRS}
 
 
 def write_csv(counts: Counter, row: str, col: str, path: Path) -> Path:
@@ -75,13 +108,12 @@ def plot_heatmap(counts: Counter, row: str, col: str, path: Path, title: str = "
     return path
 
 
-def coverage(records: Iterable[ScoreRecord], out_dir: str | Path) -> dict[str, dict[str, Path | int]]:
-    """All heatmaps of PAIRS: `<out>/coverage_MOD_x_MED.{png,csv}` etc., plus coverage_summary.json."""
+def coverage(records: Iterable[ScoreRecord] | ScoreRows, out_dir: str | Path) -> dict[str, dict[str, Path | int]]:
+    """All heatmaps of PAIRS: `<out>/coverage_MOD_x_MED.{png,csv}` etc., plus coverage_summary.json. `records`: the
+    final mixture's records, streamed, or their rows in a store's table."""
     out = Path(out_dir)
-    records = list(records)
     result: dict[str, dict] = {}
-    for row, col in PAIRS:
-        counts, untagged = coverage_counts(records, row, col)
+    for (row, col), (counts, untagged) in pair_counts(records).items():
         stem = f"coverage_{row}_x_{col}"
         result[f"{row}_x_{col}"] = {
             "png": plot_heatmap(counts, row, col, out / f"{stem}.png"),

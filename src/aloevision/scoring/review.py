@@ -1,20 +1,25 @@
 """Helping a person choose thresholds the way the paper did (by looking at the extremes of each source): per
 source, histograms of score and perplexity with the thresholds drawn, and an HTML gallery of the lowest and highest
-examples and of those just inside / just outside each threshold, with the images, questions and answers."""
+examples and of those just inside / just outside each threshold, with the images, questions and answers.
+
+Works on score columns (`ScoreRows`), so millions of records cost a few arrays: the examples are chosen on the
+arrays, and only the shown records (and the ids of rows tied at a group's cut, for the tie-break by id) are read."""
 
 from __future__ import annotations
 
 import base64
+import heapq
 import html
 import io
 import logging
 import math
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from aloevision.schema import Sample
-from aloevision.scoring.store import ScoreRecord
+from aloevision.scoring.store import ScoreRecord, ScoreRows, ScoreTable
 from aloevision.scoring.taxonomy import TAG_FIELDS, qa_pairs
 from aloevision.scoring.thresholds import Thresholds, decide, thresholds_for
 
@@ -26,27 +31,28 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def plot_histograms(source: str, records: list[ScoreRecord], thr: Thresholds, path: Path) -> Path:
-    """Score (1-5) and log-perplexity histograms of one source, thresholds as vertical lines."""
+def plot_histograms(source: str, scores: Sequence[float], ppls: Sequence[float], n_unparsed: int, thr: Thresholds,
+                    path: Path) -> Path:
+    """Score (1-5) and log-perplexity histograms of one source, thresholds as vertical lines. `scores`: the parsed
+    scores; `ppls`: every perplexity (the positive ones are drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores = [r.score for r in records if r.score is not None]
-    ppls = [r.ppl for r in records if r.ppl is not None and r.ppl > 0]
+    ppls = np.asarray(ppls, dtype=float)
+    ppls = ppls[ppls > 0]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.hist(scores, bins=[0.5, 1.5, 2.5, 3.5, 4.5, 5.5], color="#4c72b0", edgecolor="white")
     ax1.set_xlabel("LVLM quality score")
     ax1.set_ylabel("samples")
-    n_fail = sum(1 for r in records if r.score is None)
-    ax1.set_title(f"{source}: score (n={len(scores)}, unparsed={n_fail})", fontsize=9)
+    ax1.set_title(f"{source}: score (n={len(scores)}, unparsed={n_unparsed})", fontsize=9)
     if thr.min_score is not None:
         ax1.axvline(thr.min_score - 0.5 if float(thr.min_score).is_integer() else thr.min_score, color="red",
                     linestyle="--", label=f"min_score={thr.min_score:g}")
         ax1.legend(fontsize=8)
-    if ppls:
-        lo, hi = math.log10(min(ppls)), math.log10(max(ppls))
+    if len(ppls):
+        lo, hi = math.log10(float(ppls.min())), math.log10(float(ppls.max()))
         if hi - lo < 1e-6:
             lo, hi = lo - 0.5, hi + 0.5
         bins = [10 ** (lo + (hi - lo) * i / 30) for i in range(31)]
@@ -66,29 +72,68 @@ def plot_histograms(source: str, records: list[ScoreRecord], thr: Thresholds, pa
     return path
 
 
-def select_examples(records: list[ScoreRecord], thr: Thresholds, k: int = 4) -> dict[str, list[ScoreRecord]]:
-    """Named groups of records to show: extremes of each signal and the ones nearest each threshold."""
-    scored = sorted((r for r in records if r.score is not None), key=lambda r: (r.score, r.id))
-    with_ppl = sorted((r for r in records if r.ppl is not None), key=lambda r: (r.ppl, r.id))
-    groups: dict[str, list[ScoreRecord]] = {
-        "lowest score": scored[:k],
-        "highest score": scored[::-1][:k],
-        "lowest perplexity": with_ppl[:k],
-        "highest perplexity": with_ppl[::-1][:k],
+def _nan_last(value: float) -> tuple[bool, float]:
+    return (True, 0.0) if math.isnan(value) else (False, value)
+
+
+def first_k(table: ScoreTable, rows: np.ndarray, values: np.ndarray, k: int, descending: bool = False) -> np.ndarray:
+    """The first k of `rows` in (value, id) order, or in (value, id) descending order: what sorting the full
+    records would give. Ids are read only for rows that can make the cut: those before the k-th value and those
+    tied with it (the tie-break by id). NaN values sort last either way."""
+    if k <= 0 or not len(rows):
+        return rows[:0]
+    v = -values if descending else values
+    if len(v) > k:
+        kth = np.partition(v, k - 1)[k - 1]
+        nan = np.isnan(v)
+        before, tied = (~nan, nan) if np.isnan(kth) else (v < kth, v == kth)
+        sure, sure_v, tied_rows = rows[before], v[before], rows[tied]  # fewer than k sure ones
+    else:
+        sure, sure_v, tied_rows = rows, v, rows[:0]
+    value = dict(zip(sure.tolist(), sure_v.tolist()))
+    named = sorted(table.ids(sure), reverse=descending)  # (id, row): equal ids (records, not a store) by row
+    named.sort(key=lambda item: _nan_last(value[item[1]]))  # stable: equal values stay in id order
+    chosen = [row for _, row in named]
+    if len(chosen) < k and len(tied_rows):
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        chosen += [row for _, row in pick(k - len(chosen), table.ids(tied_rows))]
+    return np.array(chosen, dtype=np.int64)
+
+
+def select_examples(records: list[ScoreRecord] | ScoreRows, thr: Thresholds, k: int = 4
+                    ) -> dict[str, list[ScoreRecord]]:
+    """Named groups of records to show: extremes of each signal and the ones nearest each threshold. Ordered as
+    sorting the records by (value, id) would; "parse failures" are the first unscored records in their order."""
+    rows = records if isinstance(records, ScoreRows) else ScoreRows.of(records)
+    table = rows.table
+    no_score, no_ppl = rows.column("no_score"), rows.column("no_ppl")
+    scored, with_ppl = rows.rows[~no_score], rows.rows[~no_ppl]
+    score, ppl = table.cols["score"][scored], table.cols["ppl"][with_ppl]
+
+    def first(subset: np.ndarray, values: np.ndarray, mask: np.ndarray | None = None, descending: bool = False):
+        if mask is not None:
+            subset, values = subset[mask], values[mask]
+        return first_k(table, subset, values, k, descending)
+
+    groups: dict[str, np.ndarray] = {
+        "lowest score": first(scored, score),
+        "highest score": first(scored, score, descending=True),
+        "lowest perplexity": first(with_ppl, ppl),
+        "highest perplexity": first(with_ppl, ppl, descending=True),
     }
     if thr.min_score is not None:
-        groups[f"just inside min_score={thr.min_score:g}"] = [r for r in scored if r.score >= thr.min_score][:k]
-        groups[f"just outside min_score={thr.min_score:g}"] = [r for r in scored if r.score < thr.min_score][::-1][:k]
+        groups[f"just inside min_score={thr.min_score:g}"] = first(scored, score, score >= thr.min_score)
+        groups[f"just outside min_score={thr.min_score:g}"] = first(scored, score, score < thr.min_score, True)
     if thr.min_ppl is not None:
-        groups[f"just inside min_ppl={thr.min_ppl:g}"] = [r for r in with_ppl if r.ppl >= thr.min_ppl][:k]
-        groups[f"just outside min_ppl={thr.min_ppl:g}"] = [r for r in with_ppl if r.ppl < thr.min_ppl][::-1][:k]
+        groups[f"just inside min_ppl={thr.min_ppl:g}"] = first(with_ppl, ppl, ppl >= thr.min_ppl)
+        groups[f"just outside min_ppl={thr.min_ppl:g}"] = first(with_ppl, ppl, ppl < thr.min_ppl, True)
     if thr.max_ppl is not None:
-        groups[f"just inside max_ppl={thr.max_ppl:g}"] = [r for r in with_ppl if r.ppl <= thr.max_ppl][::-1][:k]
-        groups[f"just outside max_ppl={thr.max_ppl:g}"] = [r for r in with_ppl if r.ppl > thr.max_ppl][:k]
-    failures = [r for r in records if r.score is None]
-    if failures:
+        groups[f"just inside max_ppl={thr.max_ppl:g}"] = first(with_ppl, ppl, ppl <= thr.max_ppl, True)
+        groups[f"just outside max_ppl={thr.max_ppl:g}"] = first(with_ppl, ppl, ppl > thr.max_ppl)
+    failures = rows.rows[no_score]
+    if len(failures):
         groups["parse failures"] = failures[:k]
-    return groups
+    return {name: table.records(g) for name, g in groups.items()}
 
 
 def thumbnail_b64(image, px: int = THUMB_PX) -> str:
@@ -146,28 +191,33 @@ def write_gallery(source: str, groups: dict[str, list[ScoreRecord]], samples: Ma
     return path
 
 
-def review(samples: Iterable[Sample], scores: Mapping[str, ScoreRecord], filter_cfg, out_dir: str | Path, *,
-           k: int = 4, image_loader: Callable[[str], Any] | None = None) -> dict[str, dict[str, Path]]:
-    """Per source: `<out>/<source>_hist.png` and `<out>/<source>_gallery.html`. Samples are read in one pass and
-    only the ones shown are kept in memory."""
+def review(samples: Iterable[Sample], scores: Mapping[str, ScoreRecord] | ScoreRows, filter_cfg,
+           out_dir: str | Path, *, k: int = 4, image_loader: Callable[[str], Any] | None = None
+           ) -> dict[str, dict[str, Path]]:
+    """Per source (the records' own): `<out>/<source>_hist.png` and `<out>/<source>_gallery.html`. `scores`: the
+    records to review, by id or as rows of a store's table. Samples are read in one pass and only the ones shown
+    are kept in memory."""
     from aloevision.scoring.score import default_image_loader
 
     out = Path(out_dir)
     loader = image_loader or default_image_loader()
-    by_source: dict[str, list[ScoreRecord]] = defaultdict(list)
-    for r in scores.values():
-        by_source[r.source].append(r)
+    rows = scores if isinstance(scores, ScoreRows) else ScoreRows.of(scores.values())
+    source_codes = rows.column("source")
+    names = rows.table.codes.source.names
     plans = {}
-    for source, recs in sorted(by_source.items()):
+    for source, code in sorted((names[c], c) for c in np.unique(source_codes).tolist()):
+        of_source = rows.subset(source_codes == code)
         thr = thresholds_for(filter_cfg, source)
-        plans[source] = (thr, select_examples(recs, thr, k))
-    wanted = {r.id for _, groups in plans.values() for g in groups.values() for r in g}
+        plans[source] = (thr, of_source, select_examples(of_source, thr, k))
+    wanted = {r.id for _, _, groups in plans.values() for g in groups.values() for r in g}
     shown = {s.id: s for s in samples if s.id in wanted}
     result = {}
-    for source, (thr, groups) in plans.items():
+    for source, (thr, of_source, groups) in plans.items():
         name = _safe(source)
+        no_score, no_ppl = of_source.column("no_score"), of_source.column("no_ppl")
+        scored, ppls = of_source.column("score")[~no_score], of_source.column("ppl")[~no_ppl]
         result[source] = {
-            "hist": plot_histograms(source, by_source[source], thr, out / f"{name}_hist.png"),
+            "hist": plot_histograms(source, scored, ppls, int(no_score.sum()), thr, out / f"{name}_hist.png"),
             "gallery": write_gallery(source, groups, shown, thr, out / f"{name}_gallery.html", loader),
         }
     return result

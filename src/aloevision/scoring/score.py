@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from aloevision.schema import Sample
 from aloevision.scoring.backends import PAPER_PPL_MODEL, PAPER_TAG_MODEL, ScorerBackend, make_backend, model_identity
-from aloevision.scoring.store import ScoreRecord, ScoreStore, shard_of
+from aloevision.scoring.store import IdSet, ScoreRecord, ScoreStore, shard_of
 from aloevision.scoring.taxonomy import parse_output, system_prompt
 from aloevision.utils.fingerprint import fingerprint
 
@@ -142,13 +142,12 @@ def score_samples(
         for r in records:
             yield r.id, r
 
-    seen: set[str] = set()
+    seen = IdSet()  # 12 bytes an id, not a set of millions of strings
     for s in samples:
         if store.n_shards > 1 and shard_of(s.id, store.n_shards) != store.shard:
             continue
-        if s.id in seen:
+        if not seen.add(s.id):
             raise ValueError(f"duplicate sample id {s.id!r}: ids must be unique for scores to be cached per sample")
-        seen.add(s.id)
         cached = store.get(s.id)
         if cached is not None:
             yield s.id, cached

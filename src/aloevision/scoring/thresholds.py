@@ -21,11 +21,16 @@ import csv
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from aloevision.schema import Drop, Sample
-from aloevision.scoring.store import ScoreRecord
+from aloevision.scoring.store import ScoreRecord, ScoreRow, ScoreStore, ScoreTable
+
+# Where decisions read scores: records by id (small, tests), or a store's columns (`ScoreStore.table()`), which read
+# only score, perplexity and the failure codes of each sample (a parse failure's detail comes from disk).
+Scores = Mapping[str, ScoreRecord] | ScoreTable | ScoreStore
 
 REASONS = ("not_scored", "parse_failure", "low_score", "missing_perplexity", "low_perplexity", "high_perplexity")
 _KEYS = ("min_score", "min_ppl", "max_ppl")
@@ -65,7 +70,7 @@ def thresholds_for(filter_cfg, source: str) -> Thresholds:
     return Thresholds(**vals)
 
 
-def decide(record: ScoreRecord | None, thr: Thresholds) -> tuple[str | None, str]:
+def decide(record: ScoreRecord | ScoreRow | None, thr: Thresholds) -> tuple[str | None, str]:
     """(None, "") to keep, else (reason, detail)."""
     if not thr.active:
         return None, ""
@@ -137,25 +142,44 @@ class FilterReport:
         return paths
 
 
-def iter_decisions(samples: Iterable[Sample], scores: Mapping[str, ScoreRecord], filter_cfg,
-                   report: FilterReport | None = None) -> Iterator[tuple[Sample, Drop | None]]:
-    """Streaming form: (sample, None) to keep, (sample, Drop) to remove; counts go into `report`."""
+def _lookup(scores: Scores) -> Callable[[Sequence[str]], list]:
+    if isinstance(scores, ScoreStore):
+        scores = scores.table()
+    if isinstance(scores, ScoreTable):
+        return scores.rows_for
+    return lambda ids: [scores.get(i) for i in ids]
+
+
+def iter_scored_decisions(samples: Iterable[Sample], scores: Scores, filter_cfg, report: FilterReport | None = None,
+                          chunk: int = 1024) -> Iterator[tuple[Sample, ScoreRecord | ScoreRow | None, Drop | None]]:
+    """(sample, its score record or None, None to keep or the Drop), in sample order; counts go into `report`.
+    Ids are looked up `chunk` samples at a time (one vectorised lookup in a table)."""
     enabled = bool(_get(filter_cfg, "enabled"))
     cache: dict[str, Thresholds] = {}
-    for s in samples:
-        if s.source not in cache:
-            cache[s.source] = thresholds_for(filter_cfg, s.source) if enabled else Thresholds()
-        thr = cache[s.source]
-        reason, detail = decide(scores.get(s.id), thr)
-        if report is not None:
-            report.add(s.source, thr, reason)
-        yield s, (None if reason is None else Drop(id=s.id, source=s.source, reason=reason, detail=detail))
+    lookup = _lookup(scores)
+    it = iter(samples)
+    while batch := list(islice(it, chunk)):
+        for s, record in zip(batch, lookup([s.id for s in batch])):
+            if s.source not in cache:
+                cache[s.source] = thresholds_for(filter_cfg, s.source) if enabled else Thresholds()
+            thr = cache[s.source]
+            reason, detail = decide(record, thr)
+            if report is not None:
+                report.add(s.source, thr, reason)
+            yield s, record, (None if reason is None else Drop(id=s.id, source=s.source, reason=reason, detail=detail))
 
 
-def apply_thresholds(samples: Iterable[Sample], scores: Mapping[str, ScoreRecord], filter_cfg
+def iter_decisions(samples: Iterable[Sample], scores: Scores, filter_cfg,
+                   report: FilterReport | None = None) -> Iterator[tuple[Sample, Drop | None]]:
+    """Streaming form: (sample, None) to keep, (sample, Drop) to remove; counts go into `report`."""
+    for s, _, drop in iter_scored_decisions(samples, scores, filter_cfg, report):
+        yield s, drop
+
+
+def apply_thresholds(samples: Iterable[Sample], scores: Scores, filter_cfg
                      ) -> tuple[list[Sample], list[Drop], FilterReport]:
-    """Keep/drop every sample by its source's thresholds. `scores` maps sample id -> ScoreRecord (e.g.
-    `ScoreStore.all()`); `filter_cfg` is a FilterConfig (dataclass or DictConfig)."""
+    """Keep/drop every sample by its source's thresholds. `scores`: a mapping sample id -> ScoreRecord, or a
+    ScoreStore (read through its columns); `filter_cfg` is a FilterConfig (dataclass or DictConfig)."""
     report = FilterReport()
     kept: list[Sample] = []
     drops: list[Drop] = []

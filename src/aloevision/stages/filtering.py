@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -223,9 +224,11 @@ def _write_filter_md(path: Path, report: dict, scoring_summary: dict, review_pat
 
 def run(ctx) -> dict[str, Any]:
     """Stage `filter`: thresholds per source on the cached scores; report, review and coverage in <run>/filter/."""
+    import numpy as np
+
     from aloevision import scoring
-    from aloevision.scoring.store import ScoreStore
-    from aloevision.scoring.thresholds import iter_decisions
+    from aloevision.scoring.store import ScoreRows, ScoreStore
+    from aloevision.scoring.thresholds import iter_scored_decisions
 
     cfg = ctx.cfg
     if not cfg.filter.enabled:
@@ -239,34 +242,39 @@ def run(ctx) -> dict[str, Any]:
         scored = _score(ctx, 0, 1)  # everything the store lacks: nothing when a score array or earlier job ran
     out = ctx.run_dir / OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    store = ScoreStore(Path(scored["store"]).parent, scored["fingerprint"])
-    all_scores = store.all()
+    # The store's columns, not its records: millions of scores in ~60 bytes each (aloevision.scoring.store).
+    table = ScoreStore(Path(scored["store"]).parent, scored["fingerprint"]).table()
 
     leaked = set((ctx.results.get("leakage") or {}).get("excluded_ids", []))
     report = scoring.FilterReport()
-    drops, run_scores, final_records = [], {}, []
+    excluded: list[str] = []
+    by_reason: Counter = Counter()
+    # Rows of this run's scored samples, in sample order (the shared store also holds other mixtures' samples:
+    # review only ours), and whether each is in the final pool (kept, not leaked): 5 bytes a sample.
+    run_rows = array("I" if len(table) < 2 ** 32 else "q")
+    final = array("B")
     unscored_final = 0
-    for s, drop in iter_decisions(_training_samples(ctx), all_scores, cfg.filter, report):
-        rec = all_scores.get(s.id)
-        if rec is not None:
-            run_scores[s.id] = rec  # the shared store also holds other mixtures' samples: review only ours
-        if drop is not None:
-            drops.append(drop)
-        elif s.id not in leaked:
-            if rec is not None:
-                final_records.append(rec)
-            else:
+    with open(out / "drops.jsonl", "w") as drops_fh:
+        for s, row, drop in iter_scored_decisions(_training_samples(ctx), table, cfg.filter, report):
+            if drop is not None:
+                drops_fh.write(json.dumps(drop.to_dict()) + "\n")
+                excluded.append(drop.id)
+                by_reason[drop.reason] += 1
+            in_pool = drop is None and s.id not in leaked
+            if row is not None:
+                run_rows.append(row.row)
+                final.append(in_pool)
+            elif in_pool:
                 unscored_final += 1
     paths = report.write(out)
-    with open(out / "drops.jsonl", "w") as fh:
-        for d in drops:
-            fh.write(json.dumps(d.to_dict()) + "\n")
 
-    review_paths = scoring.review(_training_samples(ctx), run_scores, cfg.filter, out / "review")
+    run = ScoreRows(table, np.frombuffer(run_rows, dtype=run_rows.typecode))
+    review_paths = scoring.review(_training_samples(ctx), run, cfg.filter, out / "review")
     # The final mixture's samples = kept here and not removed by leakage; the mix stage's own selection (caps,
     # rebalancing) is not applied yet, so these heatmaps are of the filtered pool.
-    cov = scoring.coverage(final_records, out / "coverage")
-    coverage_note = (f"Over the {len(final_records)} scored samples kept by the filter"
+    pool = run.subset(np.frombuffer(final, dtype=np.bool_))
+    cov = scoring.coverage(pool, out / "coverage")
+    coverage_note = (f"Over the {len(pool)} scored samples kept by the filter"
                      f"{' and the leakage stage' if leaked else ''} (the mixture's pool before the mix stage's "
                      f"selection); {unscored_final} kept samples of sources without thresholds are not tagged.")
     md = out / "filter_report.md"
@@ -277,7 +285,6 @@ def run(ctx) -> dict[str, Any]:
     rows = report.rows()
     cols = list(rows[0])
     ctx.tracker.table("filter/report", cols, [[r[c] for c in cols] for r in rows])
-    by_reason = Counter(d.reason for d in drops)
     ctx.tracker.summary({"filter/kept": rep["total"]["kept"], "filter/removed": rep["total"]["removed"],
                          **{f"filter/removed_{r}": n for r, n in by_reason.items()}})
     _log_score(ctx, scored, "filter/score")
@@ -288,18 +295,18 @@ def run(ctx) -> dict[str, Any]:
         ctx.tracker.image(f"filter/coverage/{name}", c["png"], caption=f"coverage {name} (n={c['tagged']})")
 
     result = {
-        "excluded_ids": sorted(d.id for d in drops),
+        "excluded_ids": sorted(excluded),
         "report": rep,
         "drops_by_reason": dict(by_reason),
         "scoring": scored,
         "coverage": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()} for k, v in cov.items()},
-        "coverage_samples": len(final_records),
+        "coverage_samples": len(pool),
         "review": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in review_paths.items()},
         "paths": {"dir": str(out), "report_md": str(md), "report_json": str(paths["json"]),
                   "report_csv": str(paths["csv"]), "drops": str(out / "drops.jsonl")},
     }
     ctx.tracker.stage_report("filter", {k: v for k, v in result.items() if k != "excluded_ids"}
-                             | {"excluded": len(drops)})
+                             | {"excluded": len(excluded)})
     ctx.tracker.add_paths(filter_report=md)
     log.info("filter: kept %d, removed %d %s; report %s", rep["total"]["kept"], rep["total"]["removed"],
              dict(by_reason), md)
