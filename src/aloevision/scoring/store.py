@@ -11,6 +11,7 @@ examples a review shows, the detail of a parse-failure drop)."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -415,7 +416,14 @@ class ScoreIndex(ScoreTable):
         return rows
 
     def row_of(self, sample_id: str) -> int:
-        return int(self.rows_of([sample_id])[0])
+        """`rows_of` for one id, without the array set-up (the score stage asks once per sample)."""
+        d = np.frombuffer(id_digest(sample_id), dtype=DIGEST)[0]
+        key = int(d["key"])
+        if key in self.collided:
+            return self.collided[key].get(sample_id, -1)
+        pos = int(self.keys.searchsorted(d["key"]))
+        found = pos < len(self.keys) and self.keys[pos] == d["key"] and self.checks[pos] == d["check"]
+        return pos if found else -1
 
 
 def _latest_per_id(keys: np.ndarray, cols: dict[str, np.ndarray], lines: _Lines
@@ -451,6 +459,14 @@ def _latest_per_id(keys: np.ndarray, cols: dict[str, np.ndarray], lines: _Lines
     return keep, collided
 
 
+def _release_freed_memory() -> None:
+    """glibc keeps freed temporaries of the build (~20 bytes a record) in its heap: hand them back to the OS."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def scan_parts(folder: Path) -> tuple[ScoreIndex, int]:
     """One streaming pass over every part file (any shard layout): the index and the number of torn/unreadable
     lines skipped (an unterminated line: the write was cut off)."""
@@ -473,7 +489,10 @@ def scan_parts(folder: Path) -> tuple[ScoreIndex, int]:
                 except (ValueError, TypeError, AttributeError, IndexError) as e:
                     torn += 1
                     log.warning("skipping unreadable score line in %s: %s", part, e)
-    return ScoreIndex.build(rows, lines), torn
+    index = ScoreIndex.build(rows, lines)
+    del rows
+    _release_freed_memory()
+    return index, torn
 
 
 # ---- the store -------------------------------------------------------------------------------------------------------

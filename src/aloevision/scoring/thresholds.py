@@ -101,7 +101,8 @@ class FilterReport:
 
     def add(self, source: str, thr: Thresholds, reason: str | None) -> None:
         c = self.counts[source]
-        self.thresholds.setdefault(source, thr.to_dict())
+        if source not in self.thresholds:  # not setdefault: to_dict() once per source, not once per sample
+            self.thresholds[source] = thr.to_dict()
         c["total"] += 1
         if reason is None:
             c["kept"] += 1
