@@ -35,6 +35,7 @@ from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))  # scoring_reference: the old computation, one copy
 CACHE = Path(os.environ.get("ALOEVISION_BENCH_CACHE", "/tmp/aloevision-score-bench"))
 FINGERPRINT = "bench0123456789ab"
 SOURCES = ("pubmedvision", "medmax", "mecovqa", "medgrit", "medtrinity", "cambrian", "pmc_vqa", "roco")
@@ -121,24 +122,10 @@ def filter_cfg():
 
 
 def _old_select(records: list, thr, k: int = 4) -> dict[str, list[str]]:
-    """The previous review.select_examples (sorting full records), as ids."""
-    scored = sorted((r for r in records if r.score is not None), key=lambda r: (r.score, r.id))
-    with_ppl = sorted((r for r in records if r.ppl is not None), key=lambda r: (r.ppl, r.id))
-    groups = {"lowest score": scored[:k], "highest score": scored[::-1][:k],
-              "lowest perplexity": with_ppl[:k], "highest perplexity": with_ppl[::-1][:k]}
-    if thr.min_score is not None:
-        groups[f"just inside min_score={thr.min_score:g}"] = [r for r in scored if r.score >= thr.min_score][:k]
-        groups[f"just outside min_score={thr.min_score:g}"] = [r for r in scored if r.score < thr.min_score][::-1][:k]
-    if thr.min_ppl is not None:
-        groups[f"just inside min_ppl={thr.min_ppl:g}"] = [r for r in with_ppl if r.ppl >= thr.min_ppl][:k]
-        groups[f"just outside min_ppl={thr.min_ppl:g}"] = [r for r in with_ppl if r.ppl < thr.min_ppl][::-1][:k]
-    if thr.max_ppl is not None:
-        groups[f"just inside max_ppl={thr.max_ppl:g}"] = [r for r in with_ppl if r.ppl <= thr.max_ppl][::-1][:k]
-        groups[f"just outside max_ppl={thr.max_ppl:g}"] = [r for r in with_ppl if r.ppl > thr.max_ppl][:k]
-    failures = [r for r in records if r.score is None]
-    if failures:
-        groups["parse failures"] = failures[:k]
-    return {name: [r.id for r in g] for name, g in groups.items()}
+    """The previous review.select_examples (sorting full records; tests/scoring_reference.py), as ids."""
+    from scoring_reference import select_examples_reference
+
+    return {name: [r.id for r in g] for name, g in select_examples_reference(records, thr, k).items()}
 
 
 def child_new(root: str, n: int) -> dict:

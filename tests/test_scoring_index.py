@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scoring_reference import select_examples_reference  # tests/ is on sys.path (conftest.py)
 
 from aloevision.config import FilterConfig, ThresholdConfig
 from aloevision.schema import Sample, text_part, turn
@@ -200,27 +201,6 @@ def test_decisions_equal_the_full_records(scored):
     assert kept == kept2 and drops == drops2 and rep.to_dict() == rep2.to_dict()
 
 
-def _reference_select(records: list[ScoreRecord], thr: Thresholds, k: int) -> dict[str, list[ScoreRecord]]:
-    """The old select_examples, on full records."""
-    scored = sorted((r for r in records if r.score is not None), key=lambda r: (r.score, r.id))
-    with_ppl = sorted((r for r in records if r.ppl is not None), key=lambda r: (r.ppl, r.id))
-    groups = {"lowest score": scored[:k], "highest score": scored[::-1][:k],
-              "lowest perplexity": with_ppl[:k], "highest perplexity": with_ppl[::-1][:k]}
-    if thr.min_score is not None:
-        groups[f"just inside min_score={thr.min_score:g}"] = [r for r in scored if r.score >= thr.min_score][:k]
-        groups[f"just outside min_score={thr.min_score:g}"] = [r for r in scored if r.score < thr.min_score][::-1][:k]
-    if thr.min_ppl is not None:
-        groups[f"just inside min_ppl={thr.min_ppl:g}"] = [r for r in with_ppl if r.ppl >= thr.min_ppl][:k]
-        groups[f"just outside min_ppl={thr.min_ppl:g}"] = [r for r in with_ppl if r.ppl < thr.min_ppl][::-1][:k]
-    if thr.max_ppl is not None:
-        groups[f"just inside max_ppl={thr.max_ppl:g}"] = [r for r in with_ppl if r.ppl <= thr.max_ppl][::-1][:k]
-        groups[f"just outside max_ppl={thr.max_ppl:g}"] = [r for r in with_ppl if r.ppl > thr.max_ppl][:k]
-    failures = [r for r in records if r.score is None]
-    if failures:
-        groups["parse failures"] = failures[:k]
-    return groups
-
-
 def test_review_selections_equal_sorting_the_full_records(scored):
     store, _, records = scored
     # NaN perplexities have no order among Python floats (the old sort's result depended on the input order)
@@ -236,7 +216,7 @@ def test_review_selections_equal_sorting_the_full_records(scored):
         for k in (1, 3, 4, 50):
             for thr in (Thresholds(), Thresholds(min_score=3, min_ppl=2.0, max_ppl=8.0),
                         Thresholds(min_score=4.5, min_ppl=5.3, max_ppl=5.3)):
-                expected = _reference_select(recs, thr, k)
+                expected = select_examples_reference(recs, thr, k)
                 assert select_examples(rows, thr, k) == expected
                 assert select_examples(recs, thr, k) == expected  # records in memory: the same code
 
