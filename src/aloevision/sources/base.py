@@ -98,6 +98,14 @@ class SourceContext:
         s = Sample(self.sid(native), self.name, self.domain, self.modality, messages, images, meta or {})
         return check_sample(s, structure_rules(max_images=10**9)) or s  # the 5-image cap is a cleaning decision
 
+    def llava_sample(self, rec: dict, label: str, i: int, turns: list[tuple[str, str]], image_paths: list[Any],
+                     meta: dict) -> Sample | Drop:
+        """The LLaVA-format adapters' last step: locate the images, put them at their ``<image>`` markers, and build
+        the sample under the record's own id (else ``<file>:<row>``)."""
+        loc = self.locator()
+        refs = [loc.locate(str(p)) for p in image_paths]
+        return self.sample(native_id(rec, f"{label}:{i}"), llava_messages(turns, refs), refs, meta)
+
     def locator(self) -> "ImageLocator":
         if not hasattr(self, "_locator"):
             self._locator = ImageLocator(self.root, self.images)

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from aloevision.schema import Drop, Sample
 from aloevision.sources.base import (
-    SourceContext, as_list, conversations_to_turns, iter_records, llava_messages, missing, native_id, run_adapter,
+    SourceContext, as_list, conversations_to_turns, iter_records, missing, run_adapter,
 )
 from aloevision.sources.boxes import llava_to_qwen2vl
 
@@ -35,13 +35,10 @@ def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
     if ctx.options.get("llava_boxes"):
         turns = [(r, llava_to_qwen2vl(t)[0]) for r, t in turns]
     paths = as_list(rec.get("image"))
-    loc = ctx.locator()
-    refs = [loc.locate(str(p)) for p in paths]
-    messages = llava_messages(turns, refs)
-    meta = {"text_only": not refs, "file": label}
+    meta = {"text_only": not paths, "file": label}
     if not missing(rec.get("source")):
         meta["origin"] = rec["source"]
-    return ctx.sample(native_id(rec, f"{label}:{i}"), messages, refs, meta)
+    return ctx.llava_sample(rec, label, i, turns, paths, meta)
 
 
 def read(src) -> Iterator[Sample | Drop]:

@@ -26,8 +26,7 @@ from typing import Iterator
 from aloevision.images import open_image
 from aloevision.schema import Drop, Sample
 from aloevision.sources.base import (
-    RecordError, SourceContext, as_list, conversations_to_turns, iter_records, llava_messages, native_id,
-    run_adapter,
+    RecordError, SourceContext, as_list, conversations_to_turns, iter_records, run_adapter,
 )
 from aloevision.sources.boxes import format_box, from_pixels, mask_bbox
 
@@ -60,13 +59,10 @@ def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
         if "<SEG>" in text:
             raise RecordError("malformed_record", "<SEG> without a <mask>")
         out.append((role, text))
-    loc = ctx.locator()
-    refs = [loc.locate(str(p)) for p in as_list(rec.get("image"))]
-    messages = llava_messages(out, refs)
     meta = {"task": task, "file": label}
     if rec.get("answer_type") is not None:
         meta["answer_type"] = rec["answer_type"]
-    return ctx.sample(native_id(rec, f"{label}:{i}"), messages, refs, meta)
+    return ctx.llava_sample(rec, label, i, out, as_list(rec.get("image")), meta)
 
 
 def read(src) -> Iterator[Sample | Drop]:

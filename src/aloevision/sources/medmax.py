@@ -25,7 +25,7 @@ from typing import Iterator
 
 from aloevision.schema import Drop, Sample
 from aloevision.sources.base import (
-    RecordError, SourceContext, as_list, iter_records, llava_messages, missing, native_id, run_adapter,
+    RecordError, SourceContext, as_list, iter_records, missing, run_adapter,
 )
 
 DEFAULT_FILES = ["train.jsonl"]
@@ -62,13 +62,10 @@ def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
     if n_ph and not paths:
         reason = "credentialed_image" if credential == "yes" else "placeholder_mismatch"
         raise RecordError(reason, f"{n_ph} <image> but no image_path (credential={credential})")
-    loc = ctx.locator()
-    refs = [loc.locate(str(p)) for p in paths]
-    messages = llava_messages(turns, refs)
     meta = {"task": task, "credential": credential, "file": label}
     if not missing(rec.get("source")):
         meta["origin"] = rec["source"]
-    return ctx.sample(native_id(rec, f"{label}:{i}"), messages, refs, meta)
+    return ctx.llava_sample(rec, label, i, turns, paths, meta)
 
 
 def read(src) -> Iterator[Sample | Drop]:

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from aloevision.schema import Drop, Sample
 from aloevision.sources.base import (
-    SourceContext, as_list, conversations_to_turns, iter_records, llava_messages, native_id, run_adapter,
+    SourceContext, as_list, conversations_to_turns, iter_records, run_adapter,
 )
 
 DEFAULT_FILES = ["PubMedVision_Alignment_VQA.json", "PubMedVision_InstructionTuning_VQA.json"]
@@ -30,12 +30,9 @@ HF_ID = "FreedomIntelligence/PubMedVision"
 
 def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
     turns = conversations_to_turns(rec.get("conversations"))
-    loc = ctx.locator()
-    refs = [loc.locate(str(p)) for p in as_list(rec.get("image"))]
-    messages = llava_messages(turns, refs)
     meta = {k: rec[k] for k in ("modality", "body_part") if rec.get(k) is not None}
     meta["file"] = label
-    return ctx.sample(native_id(rec, f"{label}:{i}"), messages, refs, meta)
+    return ctx.llava_sample(rec, label, i, turns, as_list(rec.get("image")), meta)
 
 
 def read(src) -> Iterator[Sample | Drop]:
