@@ -103,7 +103,11 @@ def _compose_cluster(overrides, tmp_path):
 
 
 def _sbatch_text(cfg, tmp_path) -> str:
-    """The sbatch script the submitit SLURM launcher would submit for `cfg` (its own parameter mapping)."""
+    """The sbatch script the submitit SLURM launcher would submit for `cfg` (its own parameter mapping).
+
+    submitit's SlurmExecutor refuses to exist without `srun` on PATH: every test that calls this requests the
+    `slurm_cluster` fixture (installs and starts the local SLURM, or skips with its reason), so the tests pass on a
+    fresh machine, not only on one where an earlier run left SLURM installed."""
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from submitit.slurm.slurm import SlurmExecutor
 
@@ -130,7 +134,9 @@ def _sbatch_text(cfg, tmp_path) -> str:
     ("marenostrum5", "qwen2vl_7b", 8, 20, "acc_bscls", []),
     ("leonardo", "qwen2vl_7b", 8, 8, "normal", ["#SBATCH --partition=boost_usr_prod"]),
 ])
-def test_gpu_cluster_configs_make_one_task_per_gpu(cluster, model, nodes, cpus, qos, extra, tmp_path, monkeypatch):
+@pytest.mark.cluster
+def test_gpu_cluster_configs_make_one_task_per_gpu(cluster, model, nodes, cpus, qos, extra, tmp_path, monkeypatch,
+                                                  slurm_cluster):
     monkeypatch.setenv("SLURM_ACCOUNT", "proj42")
     monkeypatch.delenv("SLURM_QOS", raising=False)
     monkeypatch.delenv("SLURM_PARTITION", raising=False)
@@ -145,8 +151,9 @@ def test_gpu_cluster_configs_make_one_task_per_gpu(cluster, model, nodes, cpus, 
     assert "torchrun" not in text
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("cluster", ["marenostrum5", "leonardo"])
-def test_gpu_cluster_data_and_eval_jobs_take_one_task_on_one_node(cluster, tmp_path, monkeypatch):
+def test_gpu_cluster_data_and_eval_jobs_take_one_task_on_one_node(cluster, tmp_path, monkeypatch, slurm_cluster):
     """Job-array shards of the data stages (and eval / report jobs) must not ask for the training job's 8 nodes x 4
     tasks each: every stage but all/train gets one task on one node, keeping the node's GPUs."""
     monkeypatch.setenv("SLURM_ACCOUNT", "proj42")
@@ -173,7 +180,8 @@ def test_cluster_overrides_flow_into_the_launcher(tmp_path, monkeypatch):
         _compose_cluster(["cluster=leonardo", "cluster.nodez=2"], tmp_path)
 
 
-def test_slurm_local_config(tmp_path):
+@pytest.mark.cluster
+def test_slurm_local_config(tmp_path, slurm_cluster):
     cfg = _compose_cluster(["cluster=slurm_local"], tmp_path)
     text = _sbatch_text(cfg, tmp_path)
     assert "#SBATCH --partition=local" in text and "#SBATCH --ntasks-per-node=1" in text

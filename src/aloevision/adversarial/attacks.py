@@ -528,3 +528,12 @@ def attack_sample(
     sid = sample_id or f"{source}/{item.id}/{variant}"
     return to_sample(item, att, image_dir, sample_id=sid, source=source, cfg=cfg, extra_meta=extra_meta,
                      clean_images=clean_images)
+
+
+def attack_config(cfg) -> AttackConfig:
+    """`adversarial.attack` as the library's AttackConfig; max_pixels defaults to the model's processor bound so
+    the stored images are what the model sees."""
+    a = cfg.adversarial.attack
+    return AttackConfig(seed=int(cfg.adversarial.seed), min_side=int(a.min_side), font_frac=float(a.font_frac),
+                        min_font_px=int(a.min_font_px), max_wrong_iou=float(a.max_wrong_iou),
+                        max_pixels=int(a.max_pixels or cfg.model.max_pixels), banner_position=str(a.banner_position))

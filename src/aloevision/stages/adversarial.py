@@ -22,22 +22,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from aloevision.adversarial.attacks import attack_config
 from aloevision.config import ConfigError
 
 log = logging.getLogger(__name__)
 AR_VERSION = "1"  # bump when the attacks or the AR recipe code change what they produce
 AR_SET_NAME = "fracatlas_ar"  # the key of the AR set among the training sample folders (and its Samples' source)
-
-
-def attack_config(cfg: DictConfig):
-    """`adversarial.attack` as the library's AttackConfig; max_pixels defaults to the model's processor bound so
-    the stored images are what the model sees."""
-    from aloevision.adversarial.attacks import AttackConfig
-
-    a = cfg.adversarial.attack
-    return AttackConfig(seed=int(cfg.adversarial.seed), min_side=int(a.min_side), font_frac=float(a.font_frac),
-                        min_font_px=int(a.min_font_px), max_wrong_iou=float(a.max_wrong_iou),
-                        max_pixels=int(a.max_pixels or cfg.model.max_pixels), banner_position=str(a.banner_position))
 
 
 def ar_recipe(cfg: DictConfig):
@@ -63,7 +53,8 @@ def check_config(cfg: DictConfig) -> None:
 
 def ingest_fracatlas(ctx):
     """The FracAtlas source through the ingest stage's per-source artifact (same key: shared cache)."""
-    from aloevision.stages.ingest import INGEST_VERSION, _ingest_source, data_stamp
+    from aloevision.stages.ingest import INGEST_VERSION, _ingest_source
+    from aloevision.utils.fingerprint import data_stamp
 
     cfg = ctx.cfg
     src = cfg.adversarial.source

@@ -99,7 +99,7 @@ def loglik_choices(model, processor, items, desc: str) -> list[str]:
 
 def model_under_test(ctx) -> str:
     from aloevision.model.loading import checkpoint_path
-    from aloevision.stages.train import resolve_init_from
+    from aloevision.model.checkpoints import resolve_init_from
 
     trained = (ctx.results.get("train") or {}).get("model")
     if trained:

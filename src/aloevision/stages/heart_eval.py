@@ -67,7 +67,7 @@ def _build(cfg: DictConfig, final: Path, tmp: Path) -> None:
     """Base items of every source -> heart.jsonl + images/, paths pointing at the artifact's final folder."""
     from aloevision.adversarial.heart import HeartConfig, build_heart
     from aloevision.adversarial.heart_sources import demo_heart_sources, load_base_items
-    from aloevision.stages.adversarial import attack_config
+    from aloevision.adversarial.attacks import attack_config
 
     hc = cfg.eval.heart
     sources, drops = {}, []
@@ -95,8 +95,8 @@ def build_benchmark(ctx):
     """The HEART benchmark artifact of this config (shared by every run with the same sources and attacks)."""
     import dataclasses
 
-    from aloevision.stages.adversarial import attack_config
-    from aloevision.stages.ingest import data_stamp
+    from aloevision.adversarial.attacks import attack_config
+    from aloevision.utils.fingerprint import data_stamp
 
     cfg = ctx.cfg
     check_heart_config(cfg)

@@ -19,19 +19,11 @@ from tqdm.auto import tqdm
 
 from aloevision.config import ConfigError
 from aloevision.schema import Drop, Sample
+from aloevision.utils.fingerprint import data_stamp
 
 log = logging.getLogger(__name__)
 INGEST_VERSION = "2"  # bump when adapters or cleaning change what they produce
 SHARD_BLOCK = 1024  # rows per block; blocks are dealt round-robin to the shards
-
-
-def data_stamp(path: str, limit: int = 5000) -> list:
-    """Cheap identity of a local source (names, sizes, mtimes of its files); a Hub id stands for itself."""
-    p = Path(path)
-    if not p.exists():
-        return [path]
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())[:limit]
-    return [[str(f.relative_to(p.parent)), f.stat().st_size, int(f.stat().st_mtime)] for f in files]
 
 
 def ensure_demo_data(cfg) -> None:

@@ -172,7 +172,8 @@ def _eval_set_names(cfg) -> list[str]:
 def _hash_all(ctx) -> dict[str, Any]:
     """Build (or reuse) every hash artifact of this run; a summary with per-part counts."""
     from aloevision.leakage.phash import version_tag
-    from aloevision.stages.ingest import data_stamp, training_artifacts
+    from aloevision.stages.ingest import training_artifacts
+    from aloevision.utils.fingerprint import data_stamp
 
     cfg = ctx.cfg
     tag = version_tag()  # the same image hashes differently under another Pillow: never mix versions

@@ -107,10 +107,11 @@ def reference_sources(cfg) -> dict[str, Any]:
 def ingest_sources(ctx, sources: dict[str, Any]) -> dict[str, str]:
     """Ingest artifacts (cached, same key as the ingest stage) for sources outside this run's mixture."""
     from aloevision.stages import ingest
+    from aloevision.utils.fingerprint import data_stamp
 
     out = {}
     for key, src in sources.items():
-        art_key = {"source": OmegaConf.to_container(src, resolve=True), "stamp": ingest.data_stamp(src.path),
+        art_key = {"source": OmegaConf.to_container(src, resolve=True), "stamp": data_stamp(src.path),
                    "seed": ctx.cfg.seed, "version": ingest.INGEST_VERSION}
         art = ctx.store.get_or_build("ingest", art_key, lambda tmp, s=src: ingest._ingest_source(s, ctx.cfg.seed, tmp))
         out[key] = str(art.path)

@@ -19,24 +19,7 @@ from omegaconf import DictConfig
 from aloevision.config import ConfigError
 
 log = logging.getLogger(__name__)
-FINAL_MODEL_DIR = "model"
-
-
-def resolve_init_from(value: str) -> str:
-    """A run folder (its final model, else its latest checkpoint) or a checkpoint path / Hub id."""
-    p = Path(value)
-    if p.is_dir():
-        if (p / FINAL_MODEL_DIR / "config.json").is_file():
-            return str(p / FINAL_MODEL_DIR)
-        if (p / "config.json").is_file():
-            return str(p)
-        ckpts = sorted((p / "checkpoints").glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]))
-        if ckpts:
-            return str(ckpts[-1])
-        raise ConfigError(f"train.init_from={value}: no model found (expected {p}/{FINAL_MODEL_DIR}/ or checkpoints/)")
-    if value.startswith(("/", ".")):
-        raise ConfigError(f"train.init_from={value}: path does not exist")
-    return value  # a Hub id
+from aloevision.model.checkpoints import FINAL_MODEL_DIR, resolve_init_from  # noqa: F401
 
 
 def world_size() -> int:
