@@ -105,10 +105,10 @@ def vm_hwm() -> int:
 
 
 def child(name: str, path: str, cap: int | None, out_dir: str) -> None:
-    """Ingest one source into out_dir (the stage's own `_ingest_source`), print a JSON line of measurements."""
+    """Ingest one source into out_dir (`aloevision.ingestion.ingest_source`, what the stage runs), print a JSON line of measurements."""
     from omegaconf import OmegaConf
 
-    from aloevision.stages.ingest import _ingest_source
+    from aloevision.ingestion import ingest_source
 
     src = OmegaConf.load(REPO / "conf" / "source" / f"{name}.yaml")
     src.pop("defaults", None)
@@ -117,7 +117,7 @@ def child(name: str, path: str, cap: int | None, out_dir: str) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t = time.perf_counter()
-    _ingest_source(src, 0, out)
+    ingest_source(src, 0, out)
     secs = time.perf_counter() - t
     report = json.loads((out / "report.json").read_text())
     print(json.dumps({

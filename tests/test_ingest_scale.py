@@ -34,7 +34,7 @@ def _ingest(tmp_path: Path, demo_dir: Path, cache: Path, name: str, extra: list[
 
 
 def test_sharded_then_assembled_equals_unsharded(tmp_path, demo_dir, monkeypatch):
-    from aloevision.stages import ingest
+    from aloevision import ingestion
 
     whole = _ingest(tmp_path, demo_dir, tmp_path / "cache_a", "whole", [])
     shards = [_ingest(tmp_path, demo_dir, tmp_path / "cache_b", f"shard{k}", ["cluster.data_shards=3",
@@ -63,7 +63,7 @@ def test_sharded_then_assembled_equals_unsharded(tmp_path, demo_dir, monkeypatch
         # Each shard did a disjoint part of the rows; together all of them.
         parts = json.loads((b / "shards.json").read_text())
         rows = [json.loads((Path(p) / "part.json").read_text())["rows"] for p in parts]
-        assert all(r > 0 for r in rows) or ra["rows_in"] < 2 * ingest.SHARD_BLOCK
+        assert all(r > 0 for r in rows) or ra["rows_in"] < 2 * ingestion.SHARD_BLOCK
         assert sum(rows) == ra["rows_in"]
     assert capped > 0  # the caps were exercised
     rep = json.loads((Path(whole["artifacts"]["medtrinity"]) / "report.json").read_text())
@@ -72,10 +72,10 @@ def test_sharded_then_assembled_equals_unsharded(tmp_path, demo_dir, monkeypatch
 
 def test_sharding_splits_rows_and_keeps_the_global_bottom_k(tmp_path, demo_dir, monkeypatch):
     """Small blocks, so the demo's few hundred rows really spread over the three shards."""
+    from aloevision import ingestion
     from aloevision.cleaning import sample_key
-    from aloevision.stages import ingest
 
-    monkeypatch.setattr(ingest, "SHARD_BLOCK", 4)
+    monkeypatch.setattr(ingestion, "SHARD_BLOCK", 4)
     extra = ["cluster.data_shards=3"]
     for k in range(3):
         _ingest(tmp_path, demo_dir, tmp_path / "cache", f"s{k}", [*extra, f"cluster.data_shard={k}"])
@@ -93,14 +93,10 @@ def test_sharding_splits_rows_and_keeps_the_global_bottom_k(tmp_path, demo_dir, 
 
 def test_shard_job_cannot_feed_later_stages(tmp_path, demo_dir):
     from aloevision.config import ConfigError
-    from aloevision.stages import ingest
+    from aloevision.ingestion import sample_folders
 
-    cfg = compose(["stage=ingest", f"paths.cache_dir={tmp_path / 'c'}", f"paths.demo_dir={demo_dir}",
-                   "cluster.data_shards=2", "cluster.data_shard=1"], root=tmp_path)
-    ctx = _ctx(cfg, tmp_path / "run")
-    ctx.results["ingest"] = {"shard": [1, 2], "parts": {}, "artifacts": {}}
     with pytest.raises(ConfigError, match="shard 1/2"):
-        ingest.training_artifacts(ctx)
+        sample_folders({"ingest": {"shard": [1, 2], "parts": {}, "artifacts": {}}})
 
 
 def test_streaming_json_array_memory_is_bounded(tmp_path):

@@ -33,9 +33,24 @@ class Artifact:
         return json.loads((self.path / name).read_text())
 
 
+class MissingArtifact(RuntimeError):
+    """A read-only store (`upstream=require`) was asked for an artifact nobody built yet."""
+
+    def __init__(self, stage: str, path: Path):
+        super().__init__(f"no {stage} artifact at {path}")
+        self.stage, self.path = stage, path
+
+
 class ArtifactStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, can_build: bool = True, touched: list | None = None):
         self.root = Path(root)
+        self.can_build = can_build
+        # (stage, path, cached) of every artifact asked for, in order: what a job built and what it reused.
+        self.touched: list[tuple[str, Path, bool]] = [] if touched is None else touched
+
+    def read_only(self) -> "ArtifactStore":
+        """The same store (same log) that refuses to build: a missing artifact raises MissingArtifact."""
+        return ArtifactStore(self.root, can_build=False, touched=self.touched)
 
     def path_for(self, stage: str, key: Any) -> Path:
         return self.root / stage / fingerprint(key)
@@ -44,9 +59,13 @@ class ArtifactStore:
         fp = fingerprint(key)
         final = self.root / stage / fp
         if (final / DONE).is_file():
+            self.touched.append((stage, final, True))
             return Artifact(final, fp, cached=True)
+        if not self.can_build:
+            raise MissingArtifact(stage, final)
         with file_lock(self.root / stage / f".{fp}.lock"):
             if (final / DONE).is_file():  # another job finished it while we waited
+                self.touched.append((stage, final, True))
                 return Artifact(final, fp, cached=True)
             tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{fp}-"))
             try:
@@ -59,6 +78,7 @@ class ArtifactStore:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         log.info("built %s artifact %s", stage, final)
+        self.touched.append((stage, final, False))
         return Artifact(final, fp, cached=False)
 
 

@@ -285,6 +285,9 @@ class Config:
     # The experiment / sweep this run belongs to: the W&B group and the outputs/ folder. (`experiment` is the group of
     # presets, `+experiment=<name>`; each preset sets this to its own name.)
     group: str = "default"
+    # What a single-stage job does with upstream results it does not find in the artifact store: `build` them here
+    # (the default), or `require` them (cluster jobs: fail at once naming the command that builds them).
+    upstream: str = "build"
     mixture: MixtureConfig = MISSING
     model: ModelConfig = MISSING
     cluster: ClusterConfig = MISSING
@@ -364,6 +367,9 @@ def validate(cfg) -> None:
     """Cross-field checks that structured configs cannot express. Raises ConfigError."""
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(STAGES)}")
+    if cfg.upstream not in ("build", "require"):
+        raise ConfigError(f"upstream={cfg.upstream!r}: use 'build' (build missing upstream artifacts in this job) or "
+                          "'require' (fail naming the command that builds them)")
     for key, src in cfg.mixture.sources.items():
         if src.domain not in ("medical", "general"):
             raise ConfigError(f"mixture.sources.{key}.domain={src.domain!r}: use 'medical' or 'general'")

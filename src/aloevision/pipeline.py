@@ -1,7 +1,18 @@
-"""Dispatch `cfg.stage`: one stage, or `all` (every implemented stage in order), inside one tracked run."""
+"""The stage graph: every stage declares the upstream stages it needs for a config, and one resolver runs any
+`stage=X` with everything X depends on.
+
+An upstream stage runs through its own `run(ctx)`: its artifacts are cached in the store by the fingerprint of their
+inputs, so an upstream built by an earlier job (a job array, another sweep job, yesterday's run) is reused and a
+missing one is built here. With `upstream=require` (cluster jobs) a missing upstream artifact is an error naming the
+command that builds it. `stage=all` is the same resolution for every enabled stage, in one job.
+
+Stages never import one another: a stage reads its inputs from `ctx.results[<upstream name>]`, which the resolver
+fills before the stage runs.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -10,8 +21,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from aloevision.artifacts import ArtifactStore
-from aloevision.config import validate
+from aloevision.artifacts import ArtifactStore, MissingArtifact
+from aloevision.config import ConfigError, validate
 from aloevision.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -19,82 +30,130 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """What a stage gets: the config, its run folder, the tracker and the shared artifact cache."""
+    """What a stage gets: the config, its run folder, the tracker, the artifact store, and the results of the stages
+    already resolved in this job (its upstream stages among them)."""
 
     cfg: DictConfig
     run_dir: Path
     tracker: Tracker
     store: ArtifactStore
-    results: dict[str, Any] = field(default_factory=dict)  # stage name -> its artifact / result
+    results: dict[str, Any] = field(default_factory=dict)  # stage name -> its result
 
 
-@dataclass
-class Stage:
+def _when(flag: Callable[[DictConfig], bool], *stages: str) -> Callable[[DictConfig], tuple[str, ...]]:
+    return lambda cfg: stages if flag(cfg) else ()
+
+
+def _samples(cfg: DictConfig) -> tuple[str, ...]:
+    """The stages that produce training samples: the ingested sources, and the AR set when it is built."""
+    return ("ingest", "adversarial") if cfg.adversarial.enabled else ("ingest",)
+
+
+@dataclass(frozen=True)
+class StageNode:
     name: str
-    run: Callable[[RunContext], Any]
+    module: str
+    fn: str
     description: str
+    needs: Callable[[DictConfig], tuple[str, ...]]  # upstream stages for this config (ablations remove edges)
+    needs_doc: str  # the same rule in words, for docs and --help
+
+    def run(self, ctx: RunContext) -> Any:
+        return getattr(importlib.import_module(self.module), self.fn)(ctx)
 
 
-# Every stage: (module, function, what it does). A module that does not exist yet is simply not offered (never
-# faked); `stage=all` runs the available ones in ALL_ORDER.
-STAGE_TABLE = {
-    "plan": ("aloevision.stages.plan", "run", "what a run will cost: samples, loss tokens, steps, GPUs, GPU-hours"),
-    "ingest": ("aloevision.stages.ingest", "run", "sources -> unified samples, cleaned; drops counted by reason"),
-    "hash": ("aloevision.stages.leakage", "run_hash", "64-bit pHash of every training and evaluation image"),
-    "leakage": ("aloevision.stages.leakage", "run", "training samples whose images match evaluation images"),
-    "score": ("aloevision.stages.filtering", "run_score", "LVLM quality score + tags, answer perplexity"),
-    "filter": ("aloevision.stages.filtering", "run", "per-source thresholds on score and perplexity"),
-    "tokens": ("aloevision.stages.tokens", "run", "total / loss / text / image tokens per sample"),
-    "mix": ("aloevision.stages.mix", "run", "ready-to-train mixture (TRL messages + images) and its composition"),
-    "adversarial": ("aloevision.stages.adversarial", "run", "the adversarial (AR) training set from FracAtlas"),
-    "train": ("aloevision.stages.train", "run", "SFT with TRL, loss on assistant tokens"),
-    "eval": ("aloevision.stages.eval", "run", "benchmarks with greedy decoding"),
-    "report": ("aloevision.stages.report", "run", "tables from this run or from the runs of a sweep"),
-}
+def _leak(cfg) -> bool:
+    return bool(cfg.leakage.enabled)
 
 
-def _stages() -> dict[str, Stage]:
-    import importlib
-
-    found = {}
-    for name, (module, fn, description) in STAGE_TABLE.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:  # a real import error inside an existing stage must surface
-                raise
-            continue
-        if hasattr(mod, fn):
-            found[name] = Stage(name, getattr(mod, fn), description)
-    return found
+def _filt(cfg) -> bool:
+    return bool(cfg.filter.enabled)
 
 
-# Order of `stage=all`. `hash` runs inside `leakage`, `score` inside `filter`, `plan` inside `mix`.
+GRAPH: dict[str, StageNode] = {n.name: n for n in (
+    StageNode("plan", "aloevision.stages.plan", "run",
+              "what a run will cost: samples, loss tokens, steps, GPUs, GPU-hours",
+              lambda c: () if c.plan.stats else ("tokens",), "tokens (none with plan.stats=<file>)"),
+    StageNode("ingest", "aloevision.stages.ingest", "run",
+              "sources -> unified samples, cleaned; drops counted by reason", lambda c: (), "-"),
+    StageNode("adversarial", "aloevision.stages.adversarial", "run",
+              "the adversarial (AR) training set from FracAtlas", lambda c: (), "- (ingests FracAtlas itself)"),
+    StageNode("hash", "aloevision.stages.leakage", "run_hash",
+              "64-bit pHash of every training and evaluation image",
+              lambda c: _samples(c) if _leak(c) else (), "ingest, adversarial (if enabled); none with leakage=off"),
+    StageNode("leakage", "aloevision.stages.leakage", "run",
+              "training samples whose images match evaluation images -> excluded.jsonl",
+              _when(_leak, "hash"), "hash; none with leakage=off"),
+    StageNode("score", "aloevision.stages.filtering", "run_score",
+              "LVLM quality score + tags, answer perplexity",
+              lambda c: _samples(c) if _filt(c) else (), "ingest, adversarial (if enabled); none with filter=none"),
+    StageNode("filter", "aloevision.stages.filtering", "run",
+              "per-source thresholds on score and perplexity -> excluded.jsonl",
+              lambda c: (("score",) + (("leakage",) if _leak(c) else ())) if _filt(c) else (),
+              "score, leakage (if enabled); none with filter=none"),
+    StageNode("tokens", "aloevision.stages.tokens", "run",
+              "total / loss / text / image tokens per sample", _samples, "ingest, adversarial (if enabled)"),
+    StageNode("mix", "aloevision.stages.mix", "run",
+              "ready-to-train mixture (TRL messages + images) and its composition",
+              lambda c: ("tokens",) + (("leakage",) if _leak(c) else ()) + (("filter",) if _filt(c) else ()),
+              "tokens, leakage (if enabled), filter (if enabled)"),
+    StageNode("train", "aloevision.stages.train", "run", "SFT with TRL, loss on assistant tokens",
+              _when(lambda c: c.train.enabled, "mix"), "mix; none with train.enabled=false"),
+    StageNode("eval", "aloevision.stages.eval", "run", "benchmarks with greedy decoding", lambda c: (),
+              "- (evaluates this job's trained model, else eval.model, else the base model)"),
+    StageNode("report", "aloevision.stages.report", "run", "tables from this run or from the runs of a sweep",
+              lambda c: (), "- (reads run records)"),
+)}
+
+# What `stage=all` runs (each with its upstream closure), skipping the stages a config switches off.
 ALL_ORDER = ("ingest", "leakage", "filter", "adversarial", "tokens", "mix", "train", "eval", "report")
-
-
-def stages_for(cfg: DictConfig) -> list[Stage]:
-    available = _stages()
-    if cfg.stage == "all":
-        return [available[n] for n in ALL_ORDER if n in available and _enabled(cfg, n)]
-    if cfg.stage not in available:
-        raise SystemExit(
-            f"stage={cfg.stage} is not implemented yet; available: {', '.join(available)} (or stage=all)"
-        )
-    return [available[cfg.stage]]
 
 
 def _enabled(cfg: DictConfig, name: str) -> bool:
     """Stages a config switches off are skipped by `stage=all` (the leakage / filtering ablations)."""
     if name == "train":
         return cfg.train.enabled
-    if name == "leakage":
+    if name in ("hash", "leakage"):
         return cfg.leakage.enabled
     if name in ("score", "filter"):
         return cfg.filter.enabled
     if name == "adversarial":
         return cfg.adversarial.enabled
     return True
+
+
+def targets_of(cfg: DictConfig) -> list[str]:
+    if cfg.stage == "all":
+        return [n for n in ALL_ORDER if _enabled(cfg, n)]
+    if cfg.stage not in GRAPH:
+        raise ConfigError(f"stage={cfg.stage} is not a stage; available: {', '.join(GRAPH)} (or stage=all)")
+    return [cfg.stage]
+
+
+def resolve(cfg: DictConfig) -> list[str]:
+    """Every stage this job runs, upstream first (a topological order of the targets' closure)."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in path:
+            raise ConfigError(f"stage graph cycle: {' -> '.join(path + (name,))}")
+        for up in GRAPH[name].needs(cfg):
+            visit(up, path + (name,))
+        order.append(name)
+
+    for target in targets_of(cfg):
+        visit(target, ())
+    return order
+
+
+def graph_markdown() -> str:
+    """The graph as a Markdown table (docs/architecture.md is generated from it: `python -m aloevision.pipeline`)."""
+    lines = ["| stage | needs (upstream) | what it does | module |", "|---|---|---|---|"]
+    for n in GRAPH.values():
+        lines.append(f"| `{n.name}` | {n.needs_doc} | {n.description} | `{n.module}.{n.fn}` |")
+    return "\n".join(lines)
 
 
 def hydra_choices() -> tuple[dict[str, str], list[str]]:
@@ -109,8 +168,15 @@ def hydra_choices() -> tuple[dict[str, str], list[str]]:
         return {}, []
 
 
+def _build_command(stage: str, overrides: list[str]) -> str:
+    kept = [o for o in overrides if not o.startswith(("stage=", "upstream=", "cluster.data_shard="))]
+    return " ".join(["python launch.py", f"stage={stage}", *kept])
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
+    order = resolve(cfg)
+    targets = set(targets_of(cfg))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from aloevision.distributed import detect
@@ -130,12 +196,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         job_type=cfg.stage,
         enabled=is_main,
     )
-    ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=ArtifactStore(cfg.paths.cache_dir))
+    store = ArtifactStore(cfg.paths.cache_dir)
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=store)
+    upstream_log: dict[str, dict[str, Any]] = {}
     status = "failed"
     try:
-        for stage in stages_for(cfg):
-            log.info("== stage %s: %s", stage.name, stage.description)
-            ctx.results[stage.name] = stage.run(ctx)
+        for name in order:
+            node = GRAPH[name]
+            upstream = name not in targets
+            ctx.store = store.read_only() if upstream and cfg.upstream == "require" else store
+            before = len(store.touched)
+            log.info("== stage %s%s: %s", name, " (upstream)" if upstream else "", node.description)
+            try:
+                ctx.results[name] = node.run(ctx)
+            except MissingArtifact as e:
+                raise ConfigError(
+                    f"upstream={cfg.upstream}: stage {name} (needed by stage={cfg.stage}) has no {e.stage} artifact "
+                    f"for this config in {store.root}. Build it first: `{_build_command(name, overrides)}` "
+                    f"(or run this job with upstream=build)") from None
+            if upstream:
+                touched = store.touched[before:]
+                upstream_log[name] = {"reused": sum(t[2] for t in touched), "built": sum(not t[2] for t in touched),
+                                      "artifacts": [str(t[1]) for t in touched]}
+                log.info("upstream %s: %d artifact(s) reused, %d built", name, upstream_log[name]["reused"],
+                         upstream_log[name]["built"])
+        if upstream_log:
+            tracker.stage_report("upstream", upstream_log)
         status = "finished"
     finally:
         tracker.finish(status)
@@ -154,3 +240,7 @@ def set_cpu_threads(cfg: DictConfig) -> None:
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     except Exception:  # torch missing is reported by the stage that needs it
         pass
+
+
+if __name__ == "__main__":
+    print(graph_markdown())

@@ -4,7 +4,7 @@ FracAtlas (`adversarial.source`, conf/source/fracatlas.yaml) is ingested with th
 artifact (shared with any mixture that also lists it), turned into classification + detection base items, and
 every attack of the recipe is applied (`aloevision.adversarial.ar_set`). The result is a cached artifact holding
 `samples.jsonl` (unified Samples, images under `images/`), `drops.jsonl` and `counts.json`; it is returned under
-`artifacts`, so the mix stage trains on it (`aloevision.stages.ingest.training_artifacts`).
+`artifacts`, so the mix stage trains on it (`aloevision.ingestion.sample_folders`).
 
 The run folder gets `adversarial_report.md`: samples per attack in this run, the count expected from the items,
 and how the paper's 17.2K is reached at FracAtlas' real size.
@@ -53,8 +53,7 @@ def check_config(cfg: DictConfig) -> None:
 
 def ingest_fracatlas(ctx):
     """The FracAtlas source through the ingest stage's per-source artifact (same key: shared cache)."""
-    from aloevision.stages.ingest import INGEST_VERSION, _ingest_source
-    from aloevision.utils.fingerprint import data_stamp
+    from aloevision.ingestion import ingested
 
     cfg = ctx.cfg
     src = cfg.adversarial.source
@@ -62,9 +61,7 @@ def ingest_fracatlas(ctx):
         from aloevision.demo.generate import ensure_demo_data
 
         ensure_demo_data(Path(cfg.paths.demo_dir))
-    src_dict = OmegaConf.to_container(src, resolve=True)
-    key = {"source": src_dict, "stamp": data_stamp(src.path), "seed": cfg.seed, "version": INGEST_VERSION}
-    return ctx.store.get_or_build("ingest", key, lambda tmp: _ingest_source(src, cfg.seed, tmp))
+    return ingested(ctx.store, src, cfg.seed)
 
 
 def _relocate(path: str, tmp: Path, final: Path) -> str:
@@ -94,7 +91,7 @@ def _build(items, drops, recipe, attack_cfg, final: Path, tmp: Path) -> None:
 
 def run(ctx) -> dict[str, Any]:
     from aloevision.adversarial.ar_set import ar_set_counts, base_items_from_samples
-    from aloevision.stages.ingest import iter_samples
+    from aloevision.ingestion import iter_samples
 
     cfg = ctx.cfg
     check_config(cfg)

@@ -113,7 +113,7 @@ def run(ctx) -> dict[str, Any]:
     from aloevision.evalsets import load_benchmark
     from aloevision.evaluation.answers import OPEN_KINDS, counts, score_result, summarise
     from aloevision.model.loading import load_model, load_processor_for
-    from aloevision.stages.ingest import ensure_demo_data
+    from aloevision.ingestion import ensure_demo_data
 
     cfg = ctx.cfg
     ensure_demo_data(cfg)

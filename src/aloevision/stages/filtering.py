@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from aloevision.ingestion import iter_samples, sample_folders
 from aloevision.schema import Sample
 
 log = logging.getLogger(__name__)
 SCORES_DIR = "scores"  # under cfg.paths.cache_dir
 OUT_DIR = "filter"  # under the run folder
+FILTER_VERSION = "1"  # bump when what a filter decision artifact holds changes
 
 
 # ---- sharding ----------------------------------------------------------------------------------------------------
@@ -59,17 +63,15 @@ def _open(ctx, shard: int, n_shards: int):
 
 
 def _training_samples(ctx) -> Iterator[Sample]:
-    from aloevision.stages.ingest import iter_samples, training_artifacts
 
-    for _, folder in sorted(training_artifacts(ctx).items()):
+    for _, folder in sorted(sample_folders(ctx.results).items()):
         yield from iter_samples(folder)
 
 
 def _count_lines(ctx) -> int:
-    from aloevision.stages.ingest import training_artifacts
 
     n = 0
-    for folder in training_artifacts(ctx).values():
+    for folder in sample_folders(ctx.results).values():
         with open(Path(folder) / "samples.jsonl", "rb") as fh:
             n += sum(1 for _ in fh)
     return n
@@ -97,6 +99,10 @@ def _score(ctx, shard: int, n_shards: int) -> dict[str, Any]:
                 skipped[s.source] += 1
 
     def on_batch(records) -> None:
+        if not ctx.store.can_build:  # upstream=require: the score array should have scored every sample
+            from aloevision.artifacts import MissingArtifact
+
+            raise MissingArtifact("score", store.dir)
         computed[0] += len(records)
         ctx.tracker.log({"score/computed": computed[0], "score/model_calls": sum(backend.calls.values())})
 
@@ -223,13 +229,10 @@ def _write_filter_md(path: Path, report: dict, scoring_summary: dict, review_pat
 
 
 def run(ctx) -> dict[str, Any]:
-    """Stage `filter`: thresholds per source on the cached scores; report, review and coverage in <run>/filter/."""
-    import numpy as np
+    """Stage `filter`: thresholds per source on the cached scores; report, review and coverage in <run>/filter/.
 
-    from aloevision import scoring
-    from aloevision.scoring.store import ScoreRows, ScoreStore
-    from aloevision.scoring.thresholds import iter_scored_decisions
-
+    The decisions are an artifact (`filter`, keyed by the score store, the samples, the thresholds and the leakage
+    decisions): `excluded.jsonl` with a reason per removed sample, which any later job's mix stage reuses."""
     cfg = ctx.cfg
     if not cfg.filter.enabled:
         log.info("filter: filter=%s is disabled, every sample is kept", cfg.filter.name)
@@ -237,15 +240,69 @@ def run(ctx) -> dict[str, Any]:
 
     prior = ctx.results.get("score") or {}
     if prior.get("n_shards") == 1 and not prior.get("skipped"):
-        scored = prior  # scored in full earlier in this job
+        scored = prior  # resolved upstream by the stage graph
     else:
         scored = _score(ctx, 0, 1)  # everything the store lacks: nothing when a score array or earlier job ran
+    leakage = ctx.results.get("leakage") or {}
+    key = {"scores": scored["fingerprint"], "samples": {k: Path(v).name for k, v in sample_folders(ctx.results).items()},
+           "filter": OmegaConf.to_container(cfg.filter, resolve=True), "leakage": leakage.get("artifact"),
+           "version": FILTER_VERSION}
+    art = ctx.store.get_or_build("filter", key, lambda tmp: _decide(ctx, scored, set(leakage.get("excluded_ids", [])),
+                                                                    Path(tmp)))
     out = ctx.run_dir / OUT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(art.path, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("_SUCCESS", "key.json"))
+    d = json.loads((out / "decisions.json").read_text())
+    rep, by_reason, rows = d["report"], d["drops_by_reason"], d["rows"]
+    review_paths = {src: {k: out / v for k, v in p.items()} for src, p in d["review"].items()}
+    cov = {name: {k: out / v if k in ("png", "csv") else v for k, v in c.items()} for name, c in d["coverage"].items()}
+    md = out / "filter_report.md"
+
+    # W&B: the per-source table, metrics, histograms, galleries, heatmaps
+    cols = list(rows[0]) if rows else []
+    ctx.tracker.table("filter/report", cols, [[r[c] for c in cols] for r in rows])
+    ctx.tracker.summary({"filter/kept": rep["total"]["kept"], "filter/removed": rep["total"]["removed"],
+                         **{f"filter/removed_{r}": n for r, n in by_reason.items()}})
+    _log_score(ctx, scored, "filter/score")
+    for src, p in review_paths.items():
+        ctx.tracker.image(f"filter/hist/{src}", p["hist"], caption=f"{src}: score and perplexity, thresholds dashed")
+        _log_html(ctx, f"filter/gallery/{src}", p["gallery"])
+    for name, c in cov.items():
+        ctx.tracker.image(f"filter/coverage/{name}", c["png"], caption=f"coverage {name} (n={c['tagged']})")
+
+    result = {
+        "excluded_ids": d["excluded_ids"],
+        "report": rep,
+        "drops_by_reason": by_reason,
+        "scoring": scored,
+        "artifact": str(art.path),
+        "cached": art.cached,
+        "coverage": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in cov.items()},
+        "coverage_samples": d["coverage_samples"],
+        "review": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in review_paths.items()},
+        "paths": {"dir": str(out), "report_md": str(md), "report_json": str(out / d["report_json"]),
+                  "report_csv": str(out / d["report_csv"]), "drops": str(out / "drops.jsonl"),
+                  "excluded": str(art.path / "excluded.jsonl")},
+    }
+    ctx.tracker.stage_report("filter", {k: v for k, v in result.items() if k != "excluded_ids"}
+                             | {"excluded": len(d["excluded_ids"])})
+    ctx.tracker.add_paths(filter_report=md)
+    log.info("filter: kept %d, removed %d %s; report %s%s", rep["total"]["kept"], rep["total"]["removed"],
+             by_reason, md, " (cached)" if art.cached else "")
+    return result
+
+
+def _decide(ctx, scored: dict[str, Any], leaked: set[str], out: Path) -> None:
+    """The filter decisions over this run's samples into ``out``: drops.jsonl / excluded.jsonl (id + reason), the
+    report (md/json/csv), review histograms + galleries, coverage heatmaps, and decisions.json (what the stage logs)."""
+    import numpy as np
+
+    from aloevision import scoring
+    from aloevision.scoring.store import ScoreRows, ScoreStore
+    from aloevision.scoring.thresholds import iter_scored_decisions
+
+    cfg = ctx.cfg
     # The store's columns, not its records: millions of scores in ~60 bytes each (aloevision.scoring.store).
     table = ScoreStore(Path(scored["store"]).parent, scored["fingerprint"]).table()
-
-    leaked = set((ctx.results.get("leakage") or {}).get("excluded_ids", []))
     report = scoring.FilterReport()
     excluded: list[str] = []
     by_reason: Counter = Counter()
@@ -254,10 +311,11 @@ def run(ctx) -> dict[str, Any]:
     run_rows = array("I" if len(table) < 2 ** 32 else "q")
     final = array("B")
     unscored_final = 0
-    with open(out / "drops.jsonl", "w") as drops_fh:
+    with open(out / "drops.jsonl", "w") as drops_fh, open(out / "excluded.jsonl", "w") as excl_fh:
         for s, row, drop in iter_scored_decisions(_training_samples(ctx), table, cfg.filter, report):
             if drop is not None:
                 drops_fh.write(json.dumps(drop.to_dict()) + "\n")
+                excl_fh.write(json.dumps({"id": drop.id, "reason": drop.reason}) + "\n")
                 excluded.append(drop.id)
                 by_reason[drop.reason] += 1
             in_pool = drop is None and s.id not in leaked
@@ -277,37 +335,12 @@ def run(ctx) -> dict[str, Any]:
     coverage_note = (f"Over the {len(pool)} scored samples kept by the filter"
                      f"{' and the leakage stage' if leaked else ''} (the mixture's pool before the mix stage's "
                      f"selection); {unscored_final} kept samples of sources without thresholds are not tagged.")
-    md = out / "filter_report.md"
     rep = report.to_dict()
-    _write_filter_md(md, rep, scored, review_paths, cov, coverage_note)
-
-    # W&B: the per-source table, metrics, histograms, galleries, heatmaps
-    rows = report.rows()
-    cols = list(rows[0])
-    ctx.tracker.table("filter/report", cols, [[r[c] for c in cols] for r in rows])
-    ctx.tracker.summary({"filter/kept": rep["total"]["kept"], "filter/removed": rep["total"]["removed"],
-                         **{f"filter/removed_{r}": n for r, n in by_reason.items()}})
-    _log_score(ctx, scored, "filter/score")
-    for src, p in review_paths.items():
-        ctx.tracker.image(f"filter/hist/{src}", p["hist"], caption=f"{src}: score and perplexity, thresholds dashed")
-        _log_html(ctx, f"filter/gallery/{src}", p["gallery"])
-    for name, c in cov.items():
-        ctx.tracker.image(f"filter/coverage/{name}", c["png"], caption=f"coverage {name} (n={c['tagged']})")
-
-    result = {
-        "excluded_ids": sorted(excluded),
-        "report": rep,
-        "drops_by_reason": dict(by_reason),
-        "scoring": scored,
-        "coverage": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()} for k, v in cov.items()},
-        "coverage_samples": len(pool),
-        "review": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in review_paths.items()},
-        "paths": {"dir": str(out), "report_md": str(md), "report_json": str(paths["json"]),
-                  "report_csv": str(paths["csv"]), "drops": str(out / "drops.jsonl")},
-    }
-    ctx.tracker.stage_report("filter", {k: v for k, v in result.items() if k != "excluded_ids"}
-                             | {"excluded": len(excluded)})
-    ctx.tracker.add_paths(filter_report=md)
-    log.info("filter: kept %d, removed %d %s; report %s", rep["total"]["kept"], rep["total"]["removed"],
-             dict(by_reason), md)
-    return result
+    _write_filter_md(out / "filter_report.md", rep, scored, review_paths, cov, coverage_note)
+    rel = lambda v: str(Path(v).relative_to(out)) if isinstance(v, Path) else v  # noqa: E731
+    (out / "decisions.json").write_text(json.dumps({
+        "report": rep, "rows": report.rows(), "drops_by_reason": dict(by_reason), "excluded_ids": sorted(excluded),
+        "review": {k: {kk: rel(vv) for kk, vv in v.items()} for k, v in review_paths.items()},
+        "coverage": {k: {kk: rel(vv) for kk, vv in v.items()} for k, v in cov.items()},
+        "coverage_samples": len(pool), "report_json": rel(paths["json"]), "report_csv": rel(paths["csv"]),
+    }, indent=1, default=str))

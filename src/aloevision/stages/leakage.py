@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,9 +42,11 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from aloevision.config import ConfigError
+from aloevision.ingestion import iter_samples, sample_folders
 
 log = logging.getLogger(__name__)
 HASH_VERSION = "1"  # bump when what a hash artifact holds changes
+LEAKAGE_VERSION = "1"  # bump when what a leakage decision artifact holds changes
 PHASH_DIR = "phash"  # content cache, under cfg.paths.cache_dir
 OUT_DIR = "leakage"  # report folder, under the run folder
 GALLERY_PAIRS = 64
@@ -98,7 +101,6 @@ def _hash_refs(ctx, cache, refs: list[Any], desc: str) -> tuple[np.ndarray, dict
 
 def _train_items(folder: str, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, int, Any]]:
     from aloevision.scoring.store import shard_of
-    from aloevision.stages.ingest import iter_samples
 
     k, n = shard
     for s in iter_samples(folder):
@@ -172,14 +174,13 @@ def _eval_set_names(cfg) -> list[str]:
 def _hash_all(ctx) -> dict[str, Any]:
     """Build (or reuse) every hash artifact of this run; a summary with per-part counts."""
     from aloevision.leakage.phash import version_tag
-    from aloevision.stages.ingest import training_artifacts
     from aloevision.utils.fingerprint import data_stamp
 
     cfg = ctx.cfg
     tag = version_tag()  # the same image hashes differently under another Pillow: never mix versions
     cache = _open_cache(cfg)
     parts: dict[str, dict[str, dict]] = {"train": {}, "eval": {}}
-    for name, folder in sorted(training_artifacts(ctx).items()):
+    for name, folder in sorted(sample_folders(ctx.results).items()):
         key = {"kind": "train", "samples": str(folder), "phash": tag, "version": HASH_VERSION}
         art = ctx.store.get_or_build("hash", key, lambda tmp, n=name, f=folder: _build_train(ctx, cache, n, f, tmp))
         parts["train"][name] = _part_summary(art)
@@ -220,12 +221,11 @@ def _totals(parts: dict[str, dict[str, dict]]) -> dict[str, Any]:
 def _hash_shard(ctx, k: int, n: int) -> dict[str, Any]:
     """One array task: hash this shard's images into the content cache (no artifacts)."""
     from aloevision.leakage.phash import version_tag
-    from aloevision.stages.ingest import training_artifacts
 
     cfg = ctx.cfg
     cache = _open_cache(cfg)
     parts: dict[str, dict[str, dict]] = {"train": {}, "eval": {}}
-    for name, folder in sorted(training_artifacts(ctx).items()):
+    for name, folder in sorted(sample_folders(ctx.results).items()):
         refs = [r for _, _, r in _train_items(folder, (k, n))]
         _, errors, counts = _hash_refs(ctx, cache, refs, f"train {name} shard {k}/{n}")
         parts["train"][name] = {**counts, "errors_by_reason": dict(Counter(r for r, _ in errors.values()))}
@@ -326,17 +326,42 @@ def _eval_refs(cfg, name: str, wanted: set[str]) -> dict[str, Any]:
 
 def run(ctx) -> dict[str, Any]:
     """Stage `leakage`: the ids of training samples with an image within `leakage.radius` of an evaluation image."""
-    from aloevision.leakage.match import match
-    from aloevision.leakage.phash import to_hex
-
     cfg = ctx.cfg
     if not cfg.leakage.enabled:
         log.info("leakage: leakage=%s keeps every sample (ablation)", cfg.leakage.name)
         return {"skipped": True, "excluded_ids": []}
     radius = int(cfg.leakage.radius)
-    hashed = ctx.results.get("hash")
-    if not hashed or hashed.get("skipped") or hashed.get("n_shards", 1) != 1:
-        hashed = ctx.results["hash"] = run_hash(ctx)  # unsharded: cfg.stage is leakage or all here
+    hashed = ctx.results["hash"]  # resolved upstream by the stage graph: unsharded, every part built
+    # The decisions are an artifact of the hash artifacts and the radius: any later job (mix, train) reuses them.
+    key = {side: {n: Path(p["dir"]).name for n, p in sorted(hashed[side].items())} for side in ("train", "eval")}
+    key.update(radius=radius, phash=hashed["phash_version"], version=LEAKAGE_VERSION)
+    art = ctx.store.get_or_build("leakage", key, lambda tmp: _decide(ctx, hashed, radius, Path(tmp)))
+    out_dir = ctx.run_dir / OUT_DIR
+    shutil.copytree(art.path, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("_SUCCESS", "key.json"))
+    report = json.loads((out_dir / "leakage_report.json").read_text())
+    pairs = report["all_pairs"]
+    gallery = {k: out_dir / v for k, v in report["gallery"].items()}
+    report["gallery"] = {k: str(v) for k, v in gallery.items()}
+    md = out_dir / "leakage_report.md"
+    _log(ctx, report, pairs, gallery)
+    stage_report = {k: v for k, v in report.items() if k not in ("all_pairs", "leaked_ids", "unhashable_ids")}
+    stage_report.update(artifact=str(art.path), cached=art.cached)
+    ctx.tracker.stage_report("leakage", stage_report)
+    ctx.tracker.add_paths(leakage_report=md, leakage_gallery=gallery["png"])
+    leaked, unhashable_ids = report["leaked_ids"], report["unhashable_ids"]
+    log.info("leakage: radius %d, %d pairs, %d of %d training samples leaked, %d unhashable removed%s", radius,
+             len(pairs), len(leaked), report["train_samples"], len(unhashable_ids), " (cached)" if art.cached else "")
+    return {**stage_report, "excluded_ids": leaked + unhashable_ids, "leaked_ids": leaked,
+            "unhashable_ids": unhashable_ids, "excluded": str(art.path / "excluded.jsonl"), "report": str(md)}
+
+
+def _decide(ctx, hashed: dict, radius: int, out_dir: Path) -> None:
+    """Match the training hashes against the evaluation hashes; write the report, the gallery and `excluded.jsonl`
+    (one `{"id", "reason"}` per removed training sample: `leaked` or `unhashable`) into ``out_dir``."""
+    from aloevision.leakage.match import match
+    from aloevision.leakage.phash import to_hex
+
+    cfg = ctx.cfg
     th, t_owner, t_names, t_rows, t_errors = _concat(hashed["train"])
     eh, e_owner, e_names, e_rows, e_errors = _concat(hashed["eval"])
     m, mstats = match(th, eh, radius, workers=max(1, int(cfg.cluster.cpus_per_task)), return_stats=True)
@@ -367,8 +392,6 @@ def run(ctx) -> dict[str, Any]:
     unhashable_ids = sorted({e["row"][0] for errs in unhashable.values() for e in errs} - set(leaked))
     n_train_samples = sum(int(r.get("samples", 0)) for r in hashed["train"].values())
 
-    out_dir = ctx.run_dir / OUT_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     gallery = _gallery(ctx, hashed, pairs, out_dir)
     by_group = [{"train_source": s, "eval_set": e, "samples": len(g["samples"]), "train_images": len(g["train_images"]),
                  "eval_images": len(g["eval_images"]), "eval_items": len(g["eval_items"]), "pairs": g["pairs"],
@@ -382,20 +405,16 @@ def run(ctx) -> dict[str, Any]:
         "unhashable_train": {s: _reasons(e) for s, e in unhashable.items()},
         "unhashable_eval": {s: _reasons(e) for s, e in e_errors.items() if e},
         "unhashable_train_samples_removed": len(unhashable_ids),
-        "hashing": hashed["totals"], "gallery": {k: str(v) for k, v in gallery.items()},
+        "hashing": hashed["totals"], "gallery": {k: Path(v).name for k, v in gallery.items()},
         "leaked_ids": leaked, "unhashable_ids": unhashable_ids, "all_pairs": pairs,
     }
     (out_dir / "leakage_report.json").write_text(json.dumps(report, indent=1))
-    md = out_dir / "leakage_report.md"
-    _write_md(md, report, unhashable, e_errors)
-    _log(ctx, report, pairs, gallery)
-    stage_report = {k: v for k, v in report.items() if k not in ("all_pairs", "leaked_ids", "unhashable_ids")}
-    ctx.tracker.stage_report("leakage", stage_report)
-    ctx.tracker.add_paths(leakage_report=md, leakage_gallery=gallery["png"])
-    log.info("leakage: radius %d, %d pairs, %d of %d training samples leaked, %d unhashable removed", radius,
-             len(pairs), len(leaked), n_train_samples, len(unhashable_ids))
-    return {**stage_report, "excluded_ids": leaked + unhashable_ids, "leaked_ids": leaked,
-            "unhashable_ids": unhashable_ids, "report": str(md)}
+    _write_md(out_dir / "leakage_report.md", report, unhashable, e_errors)
+    with open(out_dir / "excluded.jsonl", "w") as f:
+        for sid in leaked:
+            f.write(json.dumps({"id": sid, "reason": "leaked"}) + "\n")
+        for sid in unhashable_ids:
+            f.write(json.dumps({"id": sid, "reason": "unhashable"}) + "\n")
 
 
 def _reasons(errors: list[dict]) -> dict[str, int]:
@@ -411,7 +430,6 @@ def _stats_dict(s) -> dict[str, Any]:
 def _gallery(ctx, hashed: dict, pairs: list[dict], out_dir: Path) -> dict[str, Path]:
     """Side-by-side PNG/HTML of the closest pairs; image refs are looked up again only for the pairs shown."""
     from aloevision.leakage.gallery import LeakPair, write_gallery
-    from aloevision.stages.ingest import training_artifacts
 
     seen: set = set()
     shown = []
@@ -425,7 +443,7 @@ def _gallery(ctx, hashed: dict, pairs: list[dict], out_dir: Path) -> dict[str, P
     for p in shown:
         t_want[p["train_source"]].add((p["train_id"], p["image"]))
         e_want[p["eval_set"]].add(p["eval_id"])
-    folders = training_artifacts(ctx)
+    folders = sample_folders(ctx.results)
     t_refs = {s: _train_refs(folders[s], w) for s, w in t_want.items()}
     e_refs = {s: _eval_refs(ctx.cfg, s, w) for s, w in e_want.items()}
     leak_pairs = [LeakPair(train_ref=t_refs[p["train_source"]].get((p["train_id"], p["image"]), "<not found>"),

@@ -22,104 +22,14 @@ import logging
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from aloevision.ingestion import sample_folders
+from aloevision.mixture import available_stats, build_plan, excluded_ids, features, mixture_rows
 
 log = logging.getLogger(__name__)
 MIX_VERSION = "2"
 ROWS_PER_SHARD = 5000
-
-
-def features():
-    from datasets import Features, Image, List, Value
-
-    part = {"type": Value("string"), "text": Value("string")}
-    return Features(
-        {
-            "id": Value("string"),
-            "source": Value("string"),
-            "category": Value("string"),
-            "messages": List({"role": Value("string"), "content": List(part)}),
-            "images": List(Image()),
-        }
-    )
-
-
-def excluded_ids(ctx) -> set[str]:
-    """Ids removed by the stages between ingest and mix (leakage, filter) in this run."""
-    out: set[str] = set()
-    for stage in ("leakage", "filter"):
-        res = ctx.results.get(stage) or {}
-        out.update(res.get("excluded_ids", []))
-    return out
-
-
-def _token_stream(tokens_dirs: dict[str, str], excluded: set[str]) -> Iterator[tuple[str, str, dict]]:
-    """(folder key, source name, token record) of every trainable sample (not excluded, not dropped)."""
-    from aloevision.stages.tokens import iter_token_records
-
-    for key, d in sorted(tokens_dirs.items()):
-        for rec in iter_token_records(d):
-            if "drop" in rec or rec["id"] in excluded:
-                continue
-            yield key, rec["source"], rec
-
-
-def available_stats(tokens_arts: dict[str, Any], excluded: set[str]) -> tuple[list, dict[str, int]]:
-    """Per-source SourceStats of the trainable samples, and counts of token-stage drops / upstream exclusions."""
-    from aloevision.planning import SourceStats
-
-    meta = {}
-    for art in tokens_arts.values():
-        for r in art.read_json("source_stats.json")["sources"]:
-            meta[r["name"]] = r
-    acc: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-    skipped = {"excluded": 0, "token_drops": 0}
-    from aloevision.stages.tokens import iter_token_records
-
-    for art in tokens_arts.values():
-        for rec in iter_token_records(art.path):
-            if "drop" in rec:
-                skipped["token_drops"] += 1
-            elif rec["id"] in excluded:
-                skipped["excluded"] += 1
-            else:
-                a = acc[rec["source"]]
-                a[0] += 1
-                for i, k in enumerate(("loss", "total", "text", "image"), 1):
-                    a[i] += rec[k]
-    stats = []
-    for name, m in sorted(meta.items()):
-        a = acc.get(name, [0, 0, 0, 0, 0])
-        stats.append(SourceStats(name=name, domain=m["domain"], modality=m["modality"], samples=a[0],
-                                 loss_tokens=a[1], total_tokens=a[2], text_tokens=a[3], image_tokens=a[4]))
-    return stats, skipped
-
-
-def _rows(ingest_dirs: dict[str, str], tokens_dirs: dict[str, str], excluded: set[str],
-          fractions: dict[str, float], seed: int) -> Iterator[dict[str, Any]]:
-    from aloevision.images import read_image_bytes
-    from aloevision.planning import copies_for
-    from aloevision.stages.ingest import iter_samples
-    from aloevision.stages.tokens import iter_token_records
-
-    for key in sorted(ingest_dirs):
-        for s, rec in zip(iter_samples(ingest_dirs[key]), iter_token_records(tokens_dirs[key]), strict=True):
-            if rec["id"] != s.id:
-                raise RuntimeError(f"tokens artifact {tokens_dirs[key]} is out of step with {ingest_dirs[key]} "
-                                   f"({rec['id']} != {s.id}); delete it to rebuild")
-            if "drop" in rec or s.id in excluded:
-                continue
-            k = copies_for(s.id, s.source, fractions.get(s.source, 1.0), seed)
-            if not k:
-                continue
-            messages = [
-                {"role": m["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in m["content"]]}
-                for m in s.messages
-            ]
-            images = [{"bytes": read_image_bytes(ref), "path": None} for ref in s.images]
-            for c in range(k):  # repeats (fraction > 1) get distinct ids
-                yield {"id": s.id if c == 0 else f"{s.id}#{c}", "source": s.source, "category": s.category,
-                       "messages": messages, "images": images, "loss_tokens": rec["loss"]}
 
 
 def _build(ingest_dirs, tokens_dirs, excluded, plan: dict, seed: int, hf_cache: str, out: Path) -> None:
@@ -132,7 +42,7 @@ def _build(ingest_dirs, tokens_dirs, excluded, plan: dict, seed: int, hf_cache: 
     from datasets import Value
 
     feats["loss_tokens"] = Value("int64")
-    ds = Dataset.from_generator(_rows, gen_kwargs=gen, features=feats, cache_dir=hf_cache)
+    ds = Dataset.from_generator(mixture_rows, gen_kwargs=gen, features=feats, cache_dir=hf_cache)
     observed: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for batch in ds.select_columns(["source", "category", "loss_tokens"]).iter(batch_size=10_000):
         for s, c, lt in zip(batch["source"], batch["category"], batch["loss_tokens"]):
@@ -241,38 +151,6 @@ def _chart(path: Path, comp: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def mixture_with_built_sources(ctx):
-    """The mixture config plus the sets earlier stages of this run built (the AR set): sources of this mixture too."""
-    built = (ctx.results.get("adversarial") or {}).get("sources", {})
-    if not built:
-        return ctx.cfg.mixture
-    from omegaconf import OmegaConf
-
-    mixture = OmegaConf.to_container(ctx.cfg.mixture, resolve=True)
-    mixture["sources"].update(built)
-    return mixture
-
-
-def build_plan(ctx, stats: list, tokens_arts: dict[str, Any]) -> dict[str, Any]:
-    """The mixture's plan on the measured (available) stats; the reference's steps on the same stats."""
-    from aloevision.planning import make_plan, reference_steps_from
-
-    cfg = ctx.cfg
-    ref_stats = list(stats)
-    have = {s.name for s in stats}
-    from aloevision.stages import tokens as tok
-
-    extra = tok.reference_sources(cfg)
-    if extra:  # the reference's other sources, measured the same way (cached)
-        extra_arts = tok.source_artifacts(ctx, tok.ingest_sources(ctx, extra))
-        more, _ = available_stats(extra_arts, set())
-        ref_stats += [s for s in more if s.name not in have]
-    plan = make_plan(mixture_with_built_sources(ctx), stats, cfg.model.recipe, cfg.cluster, seed=int(cfg.seed), train=cfg.train,
-                     total_loss_tokens=cfg.mixture.total_loss_tokens, stats_meta={"measured": True},
-                     reference_steps=reference_steps_from(cfg, ref_stats))
-    return plan.to_dict()
-
-
 def push_to_hub(ctx, data_dir: Path) -> str | None:
     """Upload the parquet shards when `mix.push_to_hub=<repo id>` is set AND Hub credentials exist; never fails
     the run."""
@@ -297,19 +175,15 @@ def push_to_hub(ctx, data_dir: Path) -> str | None:
 
 
 def run(ctx) -> dict[str, Any]:
-    from aloevision.stages import tokens as tok
-    from aloevision.stages.ingest import training_artifacts
-
     cfg = ctx.cfg
-    sources = training_artifacts(ctx)
-    tokens_arts = tok.source_artifacts(ctx, sources)
-    excluded = excluded_ids(ctx)
-    stats, skipped = available_stats(tokens_arts, excluded)
-    plan = build_plan(ctx, stats, tokens_arts)
-    tokens_dirs = {k: str(a.path) for k, a in tokens_arts.items()}
+    sources = sample_folders(ctx.results)
+    tokens_dirs = dict(ctx.results["tokens"]["artifacts"])
+    excluded = excluded_ids(ctx.results)
+    stats, skipped = available_stats(tokens_dirs, excluded)
+    plan = build_plan(cfg, ctx.results, stats)
     key = {
         "ingest": {k: Path(v).name for k, v in sources.items()},
-        "tokens": {k: a.path.name for k, a in tokens_arts.items()},
+        "tokens": {k: Path(v).name for k, v in tokens_dirs.items()},
         "excluded": sorted(excluded),
         "fractions": {s["name"]: round(s["fraction"], 9) for s in plan["sources"]},
         "seed": int(cfg.seed),
@@ -337,15 +211,3 @@ def run(ctx) -> dict[str, Any]:
             "composition": comp, "plan": plan, "skipped": skipped}
 
 
-def load_mixture(ctx):
-    """The mixture of this run as a `datasets.Dataset` (building it when the run has not yet)."""
-    from datasets import load_dataset
-
-    mix = ctx.results.get("mix") or run(ctx)
-    ctx.results["mix"] = mix
-    return load_dataset(
-        "parquet",
-        data_files=str(Path(mix["data"]) / "*.parquet"),
-        split="train",
-        cache_dir=str(Path(ctx.cfg.paths.cache_dir) / "hf_datasets"),
-    )

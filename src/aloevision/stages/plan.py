@@ -27,15 +27,11 @@ def run(ctx) -> dict[str, Any]:
     cfg = ctx.cfg
     check_batch(cfg)
     stats_path = None
-    if not cfg.plan.stats:
-        from aloevision.stages import tokens
+    if not cfg.plan.stats:  # measured on this run's data: the graph resolved the tokens stage before this one
+        stats_path = ctx.results["tokens"]["stats"]
+    from aloevision.mixture import mixture_with_built_sources
 
-        res = ctx.results.get("tokens") or tokens.run(ctx)
-        ctx.results["tokens"] = res
-        stats_path = res["stats"]
-    from aloevision.stages.mix import mixture_with_built_sources
-
-    plan = run_plan(cfg, ctx.run_dir, stats_path=stats_path, mixture=mixture_with_built_sources(ctx))
+    plan = run_plan(cfg, ctx.run_dir, stats_path=stats_path, mixture=mixture_with_built_sources(cfg, ctx.results))
     d = plan.to_dict()
     cols = ["source", "category", "fraction", "samples", "loss_tokens", "share", "requested_share"]
     ctx.tracker.table("plan/sources", cols, [[s["label"], s["category"], s["fraction"], s["samples"],

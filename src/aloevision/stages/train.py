@@ -174,12 +174,12 @@ def run(ctx) -> dict[str, Any]:
     from trl import SFTTrainer
 
     from aloevision.model.loading import checkpoint_path, load_model, load_processor_for
-    from aloevision.stages.mix import load_mixture
+    from aloevision.mixture import load_mixture
     from aloevision.training.collator import DummyImageCollator, build_training_collator
 
     cfg = ctx.cfg
     tracker = ctx.tracker
-    train_ds = _main_first(dist_env, lambda: load_mixture(ctx))
+    train_ds = _main_first(dist_env, lambda: load_mixture(ctx.results["mix"], cfg.paths.cache_dir))
     plan = batch_plan(cfg, len(train_ds), (ctx.results.get("mix") or {}).get("plan"))
     if plan["world_size"] != dist_env.world_size:
         raise ConfigError(f"train.world_size={plan['world_size']} but this job has {dist_env.world_size} ranks "

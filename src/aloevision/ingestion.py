@@ -1,0 +1,221 @@
+"""Ingestion, as a library: one source's adapter + cleaning into an artifact folder, sharded or not.
+
+An ingest artifact holds `samples.jsonl` (kept, streamed), `drops.jsonl` (every removed sample with its reason) and
+`report.json` / `report.md` (rows in/out, counts per reason, a few examples of each). The `ingest` stage, the
+adversarial stage (FracAtlas) and the planner's reference sources all build them through `source_key` +
+`ingest_source`, so one source config gives one artifact whoever asks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from aloevision.config import ConfigError
+from aloevision.schema import Drop, Sample
+from aloevision.utils.fingerprint import data_stamp
+
+log = logging.getLogger(__name__)
+INGEST_VERSION = "2"  # bump when adapters or cleaning change what they produce
+SHARD_BLOCK = 1024  # rows per block; blocks are dealt round-robin to the shards
+
+
+def ensure_demo_data(cfg) -> None:
+    """The demo's sources live in generated demo data: make sure it exists before reading it."""
+    demo_dir = Path(cfg.paths.demo_dir)
+    if any(str(s.path).startswith(str(demo_dir)) for s in cfg.mixture.sources.values()) or any(
+        str(b.path).startswith(str(demo_dir)) for b in cfg.eval.benchmarks.values()
+    ):
+        from aloevision.demo.generate import ensure_demo_data as build
+
+        build(demo_dir)
+
+
+def shard_of(ordinal: int, n: int) -> int:
+    """The shard of a source row: blocks of SHARD_BLOCK consecutive rows dealt round-robin, so each shard reads
+    whole parquet batches and every shard gets a share of every file."""
+    return (ordinal // SHARD_BLOCK) % n
+
+
+def _jsonl(path: Path) -> Iterator[Any]:
+    with open(path) as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def build_part(src_cfg, seed: int, out: Path, k: int = 0, n: int = 1, cap: int | None = None) -> dict[str, Any]:
+    """Adapter + cleaning over the rows of shard k/n, in row order, into ``out``:
+
+    - ``samples.jsonl`` kept samples, ``samples.idx`` one ``[ordinal, cap key, id, source]`` per sample;
+    - ``drops.jsonl`` adapter/cleaning drops, ``drops.idx`` one ``[ordinal, reason, source]`` per drop;
+    - ``capped.idx`` ``[ordinal, id, source]`` of the samples over ``cap`` (the part keeps its ``cap`` samples with
+      the smallest (key, ordinal): bottom-k of a union = bottom-k of the parts' bottom-k, so the assembly's global
+      cap keeps exactly the unsharded set).
+
+    Memory: one record at a time, plus O(cap) integers when capped (two passes over the part's own output, never
+    the source)."""
+    from aloevision.cleaning import clean, default_rules, sample_key
+    from aloevision.sources import read_source
+    from aloevision.sources.base import ROW_SCOPE, RowScope
+
+    scope = RowScope(want=None if n == 1 else (lambda o: shard_of(o, n) == k))
+    rules = default_rules(roots=[str(src_cfg.path)])
+    stem = "samples.all" if cap is not None else "samples"
+    heap: list[tuple[int, int]] = []  # max-heap of (-key, -ordinal): the part's `cap` smallest so far
+    rows = 0
+    token = ROW_SCOPE.set(scope)
+    try:
+        with open(out / f"{stem}.jsonl", "w") as fs, open(out / f"{stem}.idx", "w") as fsi, \
+                open(out / "drops.jsonl", "w") as fd, open(out / "drops.idx", "w") as fdi:
+            desc = f"ingest {src_cfg.name}" + (f" shard {k}/{n}" if n > 1 else "")
+            for item in tqdm(clean(read_source(src_cfg), rules), desc=desc, unit=" rows", leave=False,
+                             mininterval=2.0):
+                rows += 1
+                o = scope.ordinal
+                if isinstance(item, Drop):
+                    fd.write(json.dumps(item.to_dict()) + "\n")
+                    fdi.write(json.dumps([o, item.reason, item.source]) + "\n")
+                    continue
+                key = sample_key(item.id, seed)
+                fs.write(item.to_json() + "\n")
+                fsi.write(json.dumps([o, key, item.id, item.source]) + "\n")
+                if cap is not None:
+                    if len(heap) < cap:
+                        heapq.heappush(heap, (-key, -o))
+                    elif cap and (key, o) < (-heap[0][0], -heap[0][1]):
+                        heapq.heapreplace(heap, (-key, -o))
+    finally:
+        ROW_SCOPE.reset(token)
+    with open(out / "capped.idx", "w") as fc:
+        if cap is not None:
+            kept = {-neg_o for _, neg_o in heap}
+            del heap
+            with open(out / "samples.all.jsonl") as fa, open(out / "samples.all.idx") as fai, \
+                    open(out / "samples.jsonl", "w") as fs, open(out / "samples.idx", "w") as fsi:
+                for line, idx in zip(fa, fai):
+                    o, _, sid, source = json.loads(idx)
+                    if o in kept:
+                        fs.write(line)
+                        fsi.write(idx)
+                    else:
+                        fc.write(json.dumps([o, sid, source]) + "\n")
+            (out / "samples.all.jsonl").unlink()
+            (out / "samples.all.idx").unlink()
+    info = {"shard": [k, n], "block": SHARD_BLOCK, "rows": rows, "cap": cap}
+    (out / "part.json").write_text(json.dumps(info))
+    return info
+
+
+def assemble(parts: list[Path], cap: int | None, out: Path, name: str) -> dict[str, Any]:
+    """Merge part folders (one, or the n shards) into the artifact: samples and drops in source row order, the
+    global cap applied, the report counted. Reads only the parts, never the source; memory O(parts + cap)."""
+    from aloevision.cleaning import DropCounter
+
+    kept: set[int] | None = None
+    if cap is not None:
+        smallest = heapq.nsmallest(cap, ((key, o) for p in parts for o, key, _, _ in _jsonl(p / "samples.idx")))
+        kept = {o for _, o in smallest}
+        del smallest
+    counter = DropCounter()
+    cap_detail = f"over the cap of {cap}"
+
+    def drop_counted(source: str, reason: str, example) -> None:
+        counter.rows_in[source] += 1
+        counter.drops[source][reason] += 1
+        ex = counter.examples[source][reason]
+        if len(ex) < counter.max_examples:
+            ex.append(example())
+
+    def lines(p: Path, stem: str):
+        with open(p / f"{stem}.jsonl") as f, open(p / f"{stem}.idx") as fi:
+            for line, idx in zip(f, fi):
+                rec = json.loads(idx)
+                yield rec[0], line, rec
+
+    evicted = out / ".evicted.idx"
+    with open(out / "samples.jsonl", "w") as fs, open(evicted, "w") as fe:
+        for o, line, (_, _, sid, source) in heapq.merge(*(lines(p, "samples") for p in parts), key=lambda t: t[0]):
+            if kept is None or o in kept:
+                fs.write(line)
+                counter.rows_in[source] += 1
+                counter.rows_out[source] += 1
+            else:
+                fe.write(json.dumps([o, sid, source]) + "\n")
+    kept = None
+
+    def capped(path: Path):
+        for o, sid, source in _jsonl(path):
+            yield o, sid, source
+
+    with open(out / "drops.jsonl", "w") as fd:
+        for _, line, (_, reason, source) in heapq.merge(*(lines(p, "drops") for p in parts), key=lambda t: t[0]):
+            fd.write(line)
+            drop_counted(source, reason, lambda line=line: _example(json.loads(line)))
+        # The cap comes last (as it did in a single pass): its drops follow, in row order.
+        for _, sid, source in heapq.merge(*(capped(p / "capped.idx") for p in parts), capped(evicted),
+                                          key=lambda t: t[0]):
+            d = Drop(sid, source, "source_cap", cap_detail)
+            fd.write(json.dumps(d.to_dict()) + "\n")
+            drop_counted(source, "source_cap", lambda d=d: _example(d.to_dict()))
+    evicted.unlink()
+    per_source = counter.to_dict()
+    report = per_source.get(name) or {"rows_in": 0, "rows_out": 0, "drops": {}, "examples": {}}
+    if len(per_source) > 1:  # an adapter that labels samples with several source names
+        report = {"rows_in": sum(v["rows_in"] for v in per_source.values()),
+                  "rows_out": sum(v["rows_out"] for v in per_source.values()),
+                  "drops": {}, "examples": {}, "by_source": per_source}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(counter.markdown() + "\n")
+    return report
+
+
+def _example(d: dict) -> dict[str, str]:
+    return {"id": d.get("id", ""), "detail": str(d.get("detail", ""))[:300]}
+
+
+def ingest_source(src_cfg, seed: int, out: Path) -> None:
+    """One source, unsharded, into the artifact folder ``out`` (samples.jsonl, drops.jsonl, report.json/md)."""
+    part = out / ".part"
+    part.mkdir()
+    build_part(src_cfg, seed, part)  # no cap in the part: the assembly applies it once
+    assemble([part], src_cfg.cap, out, src_cfg.name)
+    shutil.rmtree(part)
+
+
+def source_key(src, seed: int) -> dict[str, Any]:
+    """The ingest artifact key of a source (the only rule: ingest, adversarial and the planner use it): sharded or
+    not, the assembled artifact is the same, so it has the same key."""
+    src = OmegaConf.to_container(src, resolve=True) if not isinstance(src, dict) else src
+    return {"source": src, "stamp": data_stamp(src["path"]), "seed": int(seed), "version": INGEST_VERSION}
+
+
+def ingested(store, src, seed: int):
+    """The (cached) unsharded ingest artifact of one source config."""
+    return store.get_or_build("ingest", source_key(src, seed), lambda tmp: ingest_source(src, seed, tmp))
+
+
+def iter_samples(artifact_dir: str | Path) -> Iterator[Sample]:
+    with open(Path(artifact_dir) / "samples.jsonl") as f:
+        for line in f:
+            yield Sample.from_dict(json.loads(line))
+
+
+
+def sample_folders(results: dict[str, Any]) -> dict[str, str]:
+    """Folders of unified samples (`samples.jsonl`) that feed the mixture, from the upstream results the stage
+    graph resolved: every ingested source, plus the adversarial set when the AR stage built one."""
+    ingest = results.get("ingest") or {}
+    if "shard" in ingest:
+        k, n = ingest["shard"]
+        raise ConfigError(f"this job ingested shard {k}/{n} only: run the assembling ingest job (the same command "
+                          "without cluster.data_shard) before the later stages")
+    out = dict(ingest.get("artifacts", {}))
+    out.update((results.get("adversarial") or {}).get("artifacts", {}))
+    return out

@@ -1,0 +1,139 @@
+"""The training mixture as a library: which samples are available (not excluded upstream, trainable), the plan
+that meets the mixture's loss-token targets, the rows in TRL's vision SFT format, and loading a built mixture."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from aloevision.ingestion import iter_samples
+from aloevision.token_stats import STATS_FILE, iter_token_records
+
+
+def features():
+    from datasets import Features, Image, List, Value
+
+    part = {"type": Value("string"), "text": Value("string")}
+    return Features(
+        {
+            "id": Value("string"),
+            "source": Value("string"),
+            "category": Value("string"),
+            "messages": List({"role": Value("string"), "content": List(part)}),
+            "images": List(Image()),
+        }
+    )
+
+
+def excluded_ids(results: dict[str, Any]) -> set[str]:
+    """Ids removed by the stages between ingest and mix (leakage, filter), from their resolved results."""
+    out: set[str] = set()
+    for stage in ("leakage", "filter"):
+        out.update((results.get(stage) or {}).get("excluded_ids", []))
+    return out
+
+
+def _token_stream(tokens_dirs: dict[str, str], excluded: set[str]) -> Iterator[tuple[str, str, dict]]:
+    """(folder key, source name, token record) of every trainable sample (not excluded, not dropped)."""
+    for key, d in sorted(tokens_dirs.items()):
+        for rec in iter_token_records(d):
+            if "drop" in rec or rec["id"] in excluded:
+                continue
+            yield key, rec["source"], rec
+
+
+def available_stats(tokens_dirs: dict[str, str], excluded: set[str]) -> tuple[list, dict[str, int]]:
+    """Per-source SourceStats of the trainable samples, and counts of token-stage drops / upstream exclusions."""
+    from aloevision.planning import SourceStats
+
+    meta = {}
+    for d in tokens_dirs.values():
+        for r in json.loads((Path(d) / STATS_FILE).read_text())["sources"]:
+            meta[r["name"]] = r
+    acc: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    skipped = {"excluded": 0, "token_drops": 0}
+    for d in tokens_dirs.values():
+        for rec in iter_token_records(d):
+            if "drop" in rec:
+                skipped["token_drops"] += 1
+            elif rec["id"] in excluded:
+                skipped["excluded"] += 1
+            else:
+                a = acc[rec["source"]]
+                a[0] += 1
+                for i, k in enumerate(("loss", "total", "text", "image"), 1):
+                    a[i] += rec[k]
+    stats = []
+    for name, m in sorted(meta.items()):
+        a = acc.get(name, [0, 0, 0, 0, 0])
+        stats.append(SourceStats(name=name, domain=m["domain"], modality=m["modality"], samples=a[0],
+                                 loss_tokens=a[1], total_tokens=a[2], text_tokens=a[3], image_tokens=a[4]))
+    return stats, skipped
+
+
+def mixture_rows(ingest_dirs: dict[str, str], tokens_dirs: dict[str, str], excluded: set[str],
+          fractions: dict[str, float], seed: int) -> Iterator[dict[str, Any]]:
+    from aloevision.images import read_image_bytes
+    from aloevision.planning import copies_for
+
+    for key in sorted(ingest_dirs):
+        for s, rec in zip(iter_samples(ingest_dirs[key]), iter_token_records(tokens_dirs[key]), strict=True):
+            if rec["id"] != s.id:
+                raise RuntimeError(f"tokens artifact {tokens_dirs[key]} is out of step with {ingest_dirs[key]} "
+                                   f"({rec['id']} != {s.id}); delete it to rebuild")
+            if "drop" in rec or s.id in excluded:
+                continue
+            k = copies_for(s.id, s.source, fractions.get(s.source, 1.0), seed)
+            if not k:
+                continue
+            messages = [
+                {"role": m["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in m["content"]]}
+                for m in s.messages
+            ]
+            images = [{"bytes": read_image_bytes(ref), "path": None} for ref in s.images]
+            for c in range(k):  # repeats (fraction > 1) get distinct ids
+                yield {"id": s.id if c == 0 else f"{s.id}#{c}", "source": s.source, "category": s.category,
+                       "messages": messages, "images": images, "loss_tokens": rec["loss"]}
+
+
+def mixture_with_built_sources(cfg, results: dict[str, Any]):
+    """The mixture config plus the sets upstream stages built (the AR set): sources of this mixture too."""
+    built = (results.get("adversarial") or {}).get("sources", {})
+    if not built:
+        return cfg.mixture
+    from omegaconf import OmegaConf
+
+    mixture = OmegaConf.to_container(cfg.mixture, resolve=True)
+    mixture["sources"].update(built)
+    return mixture
+
+
+def build_plan(cfg, results: dict[str, Any], stats: list) -> dict[str, Any]:
+    """The mixture's plan on the measured (available) stats; the reference's steps on the same stats (its other
+    sources measured by the tokens stage too)."""
+    from aloevision.planning import make_plan, reference_steps_from
+
+    ref_stats = list(stats)
+    have = {s.name for s in stats}
+    extra = (results.get("tokens") or {}).get("reference_artifacts") or {}
+    if extra:
+        more, _ = available_stats(extra, set())
+        ref_stats += [s for s in more if s.name not in have]
+    plan = make_plan(mixture_with_built_sources(cfg, results), stats, cfg.model.recipe, cfg.cluster, seed=int(cfg.seed), train=cfg.train,
+                     total_loss_tokens=cfg.mixture.total_loss_tokens, stats_meta={"measured": True},
+                     reference_steps=reference_steps_from(cfg, ref_stats))
+    return plan.to_dict()
+
+
+def load_mixture(mix: dict[str, Any], cache_dir: str | Path):
+    """A built mixture (the mix stage's result) as a `datasets.Dataset`."""
+    from datasets import load_dataset
+
+    return load_dataset(
+        "parquet",
+        data_files=str(Path(mix["data"]) / "*.parquet"),
+        split="train",
+        cache_dir=str(Path(cache_dir) / "hf_datasets"),
+    )
