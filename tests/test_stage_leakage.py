@@ -159,8 +159,9 @@ def test_leakage_off_keeps_samples(tmp_path):
 
 
 def test_unhashable_training_image_removes_its_sample(tmp_path, demo_dir):
-    """A training image that cannot be decoded cannot be cleared of leakage: its sample is removed and counted."""
-    from aloevision.stages.leakage import run
+    """A training image that cannot be decoded cannot be cleared of leakage: its sample is removed and counted. The
+    stage runs in-process on a fake ingest result handed to the graph (hash resolves from it)."""
+    from aloevision.pipeline import execute
 
     cfg = compose([f"paths.demo_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "stage=leakage",
                    "leakage.eval_sets=[careqa_vision_mcq]"], root=tmp_path)
@@ -178,7 +179,7 @@ def test_unhashable_training_image_removes_its_sample(tmp_path, demo_dir):
         sample("fake/missing", [str(src / "nope.jpg")]), sample("fake/text", [])]) + "\n")
     ctx = _ctx(cfg, tmp_path / "run")
     ctx.results["ingest"] = {"artifacts": {"fake": str(src)}}
-    res = run(ctx)
+    res = execute(ctx)["leakage"]
     assert res["leaked_ids"] == ["fake/leak"]
     assert res["unhashable_ids"] == ["fake/bad", "fake/missing"]
     assert sorted(res["excluded_ids"]) == ["fake/bad", "fake/leak", "fake/missing"]
@@ -189,7 +190,8 @@ def test_unhashable_training_image_removes_its_sample(tmp_path, demo_dir):
 def test_array_shards_fill_the_cache(tmp_path, demo_dir, monkeypatch):
     """Two array tasks of `stage=hash` split the images; the assembling job then decodes nothing."""
     from aloevision.config import ConfigError
-    from aloevision.stages.leakage import run, run_hash, shard_spec
+    from aloevision.pipeline import execute
+    from aloevision.stages.leakage import shard_spec
 
     base = [f"paths.demo_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
             "leakage.eval_sets=[demo_mcq,careqa_vision_open]", "cluster.data_shards=2"]
@@ -200,12 +202,12 @@ def test_array_shards_fill_the_cache(tmp_path, demo_dir, monkeypatch):
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(k))
         monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
         cfg = compose(base + ["stage=hash"], root=tmp_path)
-        s = run_hash(_ctx(cfg, tmp_path / f"hash{k}"))
+        s = execute(_ctx(cfg, tmp_path / f"hash{k}"))["hash"]
         assert (s["shard"], s["n_shards"]) == (k, 2) and 0 < s["totals"]["computed"]
         done += s["totals"]["computed"]
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
     cfg = compose(base + ["stage=leakage"], root=tmp_path)
-    res = run(_ctx(cfg, tmp_path / "assemble"))
+    res = execute(_ctx(cfg, tmp_path / "assemble"))["leakage"]
     t = res["hashing"]
     # Every image was decoded by one of the tasks; a file several samples share counts as a hit once per part.
     assert t["computed"] == 0 and t["train"]["from_cache"] + t["eval"]["from_cache"] >= done

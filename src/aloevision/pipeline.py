@@ -61,6 +61,12 @@ class StageNode:
     def run(self, ctx: RunContext) -> Any:
         return getattr(importlib.import_module(self.module), self.fn)(ctx)
 
+    def check(self, cfg: DictConfig) -> None:
+        """The stage module's `check(cfg)`, if it has one: config problems found before any stage of the job runs."""
+        check = getattr(importlib.import_module(self.module), "check", None)
+        if check is not None:
+            check(cfg)
+
 
 def _leak(cfg) -> bool:
     return bool(cfg.leakage.enabled)
@@ -175,8 +181,7 @@ def _build_command(stage: str, overrides: list[str]) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
-    order = resolve(cfg)
-    targets = set(targets_of(cfg))
+    resolve(cfg)  # a graph problem fails before anything is written
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from aloevision.distributed import detect
@@ -196,35 +201,50 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         job_type=cfg.stage,
         enabled=is_main,
     )
-    store = ArtifactStore(cfg.paths.cache_dir)
-    ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=store)
-    upstream_log: dict[str, dict[str, Any]] = {}
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=ArtifactStore(cfg.paths.cache_dir))
     status = "failed"
     try:
-        for name in order:
-            node = GRAPH[name]
-            upstream = name not in targets
-            ctx.store = store.read_only() if upstream and cfg.upstream == "require" else store
-            before = len(store.touched)
-            log.info("== stage %s%s: %s", name, " (upstream)" if upstream else "", node.description)
-            try:
-                ctx.results[name] = node.run(ctx)
-            except MissingArtifact as e:
-                raise ConfigError(
-                    f"upstream={cfg.upstream}: stage {name} (needed by stage={cfg.stage}) has no {e.stage} artifact "
-                    f"for this config in {store.root}. Build it first: `{_build_command(name, overrides)}` "
-                    f"(or run this job with upstream=build)") from None
-            if upstream:
-                touched = store.touched[before:]
-                upstream_log[name] = {"reused": sum(t[2] for t in touched), "built": sum(not t[2] for t in touched),
-                                      "artifacts": [str(t[1]) for t in touched]}
-                log.info("upstream %s: %d artifact(s) reused, %d built", name, upstream_log[name]["reused"],
-                         upstream_log[name]["built"])
-        if upstream_log:
-            tracker.stage_report("upstream", upstream_log)
+        execute(ctx, overrides)
         status = "finished"
     finally:
         tracker.finish(status)
+    return ctx.results
+
+
+def execute(ctx: RunContext, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run `ctx.cfg.stage` in this process with its upstream closure. Results already in `ctx.results` count as
+    resolved (a test hands a stage fake or tiny upstream results this way); the others run in graph order."""
+    cfg, store = ctx.cfg, ctx.store
+    targets = set(targets_of(cfg))
+    upstream_log: dict[str, dict[str, Any]] = {}
+    order = resolve(cfg)
+    for name in order:  # every stage's own config checks first: a bad batch size fails before ingest starts
+        GRAPH[name].check(cfg)
+    for name in order:
+        if name in ctx.results:
+            continue
+        node = GRAPH[name]
+        upstream = name not in targets
+        ctx.store = store.read_only() if upstream and cfg.upstream == "require" else store
+        before = len(store.touched)
+        log.info("== stage %s%s: %s", name, " (upstream)" if upstream else "", node.description)
+        try:
+            ctx.results[name] = node.run(ctx)
+        except MissingArtifact as e:
+            raise ConfigError(
+                f"upstream={cfg.upstream}: stage {name} (needed by stage={cfg.stage}) has no {e.stage} artifact "
+                f"for this config in {store.root}. Build it first: `{_build_command(name, overrides or [])}` "
+                f"(or run this job with upstream=build)") from None
+        finally:
+            ctx.store = store
+        if upstream:
+            touched = store.touched[before:]
+            upstream_log[name] = {"reused": sum(t[2] for t in touched), "built": sum(not t[2] for t in touched),
+                                  "artifacts": [str(t[1]) for t in touched]}
+            log.info("upstream %s: %d artifact(s) reused, %d built", name, upstream_log[name]["reused"],
+                     upstream_log[name]["built"])
+    if upstream_log:
+        ctx.tracker.stage_report("upstream", upstream_log)
     return ctx.results
 
 

@@ -51,6 +51,9 @@ def check_config(cfg: DictConfig) -> None:
         check_heart_config(cfg)
 
 
+check = check_config  # run by the stage graph before any stage of the job
+
+
 def ingest_fracatlas(ctx):
     """The FracAtlas source through the ingest stage's per-source artifact (same key: shared cache)."""
     from aloevision.ingestion import ingested

@@ -21,6 +21,9 @@ def check_batch(cfg) -> None:
                   world_size=t.world_size)
 
 
+check = check_batch  # run by the stage graph before any stage of the job
+
+
 def run(ctx) -> dict[str, Any]:
     from aloevision.planning import run_plan
 
