@@ -17,7 +17,6 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Mapping, MutableMapping
 
-ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _PORT_RANGE = (20000, 60000)  # the range submitit's TorchDistributedEnvironment draws from
 
 

@@ -38,9 +38,10 @@ def ensure_demo_data(cfg) -> None:
         build(demo_dir)
 
 
-def shard_of(ordinal: int, n: int) -> int:
-    """The shard of a source row: blocks of SHARD_BLOCK consecutive rows dealt round-robin, so each shard reads
-    whole parquet batches and every shard gets a share of every file."""
+def row_block_shard(ordinal: int, n: int) -> int:
+    """The ingest shard of a source row: blocks of SHARD_BLOCK consecutive rows dealt round-robin, so each shard
+    reads whole parquet batches and every shard gets a share of every file. (Later stages shard by sample id instead:
+    `aloevision.scoring.store.shard_of`, stable whatever the row order.)"""
     return (ordinal // SHARD_BLOCK) % n
 
 
@@ -65,7 +66,7 @@ def build_part(src_cfg, seed: int, out: Path, k: int = 0, n: int = 1, cap: int |
     from aloevision.sources import read_source
     from aloevision.sources.base import ROW_SCOPE, RowScope
 
-    scope = RowScope(want=None if n == 1 else (lambda o: shard_of(o, n) == k))
+    scope = RowScope(want=None if n == 1 else (lambda o: row_block_shard(o, n) == k))
     rules = default_rules(roots=[str(src_cfg.path)])
     stem = "samples.all" if cap is not None else "samples"
     heap: list[tuple[int, int]] = []  # max-heap of (-key, -ordinal): the part's `cap` smallest so far

@@ -337,27 +337,10 @@ def hash_many(refs: Iterable[ImageRef], workers: int = 1, progress: bool = False
     return out, errors
 
 
-def hash_items(items: Iterable[tuple[str, ImageRef]], **kwargs: Any) -> tuple[list[str], np.ndarray,
-                                                                           list[tuple[str, str]]]:
-    """Stage helper: ``(sample_id, ref)`` pairs -> (ids of hashed images, their hashes, [(sample_id, reason)]).
-    A sample with several images appears once per image."""
-    items = list(items)
-    hashes, errors = hash_many([r for _, r in items], **kwargs)
-    bad = {i for i, _ in errors}
-    ids = [sid for i, (sid, _) in enumerate(items) if i not in bad]
-    keep = np.asarray([i for i in range(len(items)) if i not in bad], dtype=np.int64)
-    return ids, hashes[keep] if len(keep) else np.zeros(0, np.uint64), [(items[i][0], why) for i, why in errors]
-
-
 def to_hex(h: int | np.integer) -> str:
     """16-digit hex, the string ``str(imagehash.phash(img))`` gives."""
     return f"{int(h):016x}"
 
 
-def hamming(a: int | np.integer, b: int | np.integer) -> int:
-    return (int(a) ^ int(b)).bit_count()
-
-
-__all__: Sequence[str] = ("phash_image", "phash_file", "phash_reference", "hash_many", "hash_items", "small_image",
-                          "hashes_from_small", "version_tag", "fast_path_enabled", "default_reader", "decode",
-                          "to_hex", "hamming")
+__all__: Sequence[str] = ("phash_image", "phash_file", "phash_reference", "hash_many", "small_image",
+                          "hashes_from_small", "version_tag", "fast_path_enabled", "default_reader", "decode", "to_hex")
