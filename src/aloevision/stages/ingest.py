@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aloevision import ingestion
+from aloevision.stage_report import write_table
 from aloevision.ingestion import assemble, build_part, ensure_demo_data, ingest_source, source_key
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,15 @@ def run(ctx) -> dict[str, Any]:
         reports[key] = art.read_json("report.json")
         log.info("ingest %s: %s rows in, %s kept%s", key, reports[key].get("rows_in"), reports[key]["rows_out"],
                  " (cached)" if art.cached else "")
-    rows = [[k, r.get("rows_in"), r["rows_out"], json.dumps(r.get("drops", {}))] for k, r in reports.items()]
-    ctx.tracker.table("ingest/report", ["source", "rows_in", "rows_out", "drops_by_reason"], rows)
+    rows = [[k, r.get("rows_in"), r["rows_out"],
+             ", ".join(f"{reason}: {n}" for reason, n in sorted(r.get("drops", {}).items())) or None]
+            for k, r in reports.items()]
+    examples = [f"**{k} / {reason}**: " + "; ".join(f"`{e.get('id')}` {e.get('detail', '')}" for e in ex)
+                for k, r in reports.items() for reason, ex in sorted(r.get("examples", {}).items())]
+    md = write_table(ctx.tracker, "ingest/report", ctx.run_dir / "ingest" / "report.md", "Ingest report",
+                     ["source", "rows in", "rows out", "dropped (reason: count)"], rows, examples)
     ctx.tracker.stage_report("ingest", reports)
-    write_report_md(ctx.run_dir / "ingest_report.md", reports)
+    ctx.tracker.add_paths(ingest_report=md)
     return {"artifacts": {k: str(a.path) for k, a in artifacts.items()}, "reports": reports}
 
 
@@ -84,14 +90,3 @@ def _run_shard(ctx, k: int, n: int) -> dict[str, Any]:
         log.info("ingest %s shard %d/%d: %s rows%s", key, k, n, infos[key]["rows"], " (cached)" if art.cached else "")
     ctx.tracker.stage_report("ingest", {"shard": [k, n], "parts": infos})
     return {"shard": [k, n], "parts": parts, "artifacts": {}}
-
-
-def write_report_md(path: Path, reports: dict[str, dict]) -> None:
-    lines = ["# Ingest report", "", "| source | rows in | rows out | dropped (reason: count) |", "|---|---:|---:|---|"]
-    for k, r in reports.items():
-        drops = ", ".join(f"{reason}: {n}" for reason, n in sorted(r.get("drops", {}).items())) or "-"
-        lines.append(f"| {k} | {r.get('rows_in', '?')} | {r['rows_out']} | {drops} |")
-    for k, r in reports.items():
-        for reason, examples in sorted(r.get("examples", {}).items()):
-            lines += ["", f"**{k} / {reason}**: " + "; ".join(f"`{e.get('id')}` {e.get('detail', '')}" for e in examples)]
-    path.write_text("\n".join(lines) + "\n")

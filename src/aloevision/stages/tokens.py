@@ -10,7 +10,7 @@ mixture of a sweep (and a later `stage=plan`) shares them. Each artifact holds, 
 * `source_stats.json`: the per-source summary `aloevision.planning.load_stats` reads.
 
 The run folder gets `source_stats.json` (all sources of this run, the file to point `plan.stats=` at later) and
-`tokens_report.md`.
+`tokens/report.md`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from aloevision.ingestion import sample_folders
+from aloevision.stage_report import write_table
 from aloevision.token_stats import (STATS_FILE, ingest_sources, merged_stats, processor_identity, reference_sources,
                                     token_artifacts)
 
@@ -34,22 +35,16 @@ def run(ctx) -> dict[str, Any]:
     reports = {k: a.read_json("report.json") for k, a in arts.items()}
     stats_path = write_stats(ctx.run_dir / STATS_FILE, rows, model=ctx.cfg.model.name,
                              processor=processor_identity(ctx.cfg))
-    cols = ["source", "domain", "modality", "samples", "loss_tokens", "total_tokens", "text_tokens", "image_tokens"]
+    drops = {k: ", ".join(f"{r}: {n}" for r, n in sorted(rep["drops"].items())) or None for k, rep in reports.items()}
+    cols = ["source", "domain", "modality", "samples", "loss_tokens", "total_tokens", "text_tokens", "image_tokens",
+            "dropped"]
     table = [[r["name"], r["domain"], r["modality"], r["samples"], r["loss_tokens"], r["total_tokens"],
-              r["text_tokens"], r["image_tokens"]] for r in rows]
-    lines = [f"# Token statistics (model={ctx.cfg.model.name}, max_length={ctx.cfg.model.max_length})", "",
-             "| " + " | ".join(cols) + " | dropped |", "|" + "---|" * 3 + "---:|" * 5 + "---|"]
-    drops_by_name = {}
-    for k, rep in reports.items():
-        drops_by_name[k] = ", ".join(f"{r}: {n}" for r, n in sorted(rep["drops"].items())) or "-"
-    for row in table:
-        lines.append("| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " | "
-                     + drops_by_name.get(row[0], "-") + " |")
-    lines += ["", f"Plan from these statistics later: `python launch.py stage=plan plan.stats={stats_path}`"]
-    (ctx.run_dir / "tokens_report.md").write_text("\n".join(lines) + "\n")
-    ctx.tracker.table("tokens/stats", cols, table)
+              r["text_tokens"], r["image_tokens"], drops.get(r["name"])] for r in rows]
+    md = write_table(ctx.tracker, "tokens/stats", ctx.run_dir / "tokens" / "report.md",
+                     f"Token statistics (model={ctx.cfg.model.name}, max_length={ctx.cfg.model.max_length})", cols,
+                     table, [f"Plan from these statistics later: `python launch.py stage=plan plan.stats={stats_path}`"])
     ctx.tracker.stage_report("tokens", {"stats": str(stats_path), "reports": reports})
-    ctx.tracker.add_paths(source_stats=stats_path)
+    ctx.tracker.add_paths(source_stats=stats_path, tokens_report=md)
     # "artifacts": the mixture's own folders (what mix trains on); "reference_artifacts": the reference mixture's
     # other sources (measured only for its step count).
     return {"stats": str(stats_path), "artifacts": {k: str(a.path) for k, a in arts.items() if k in folders},
