@@ -102,7 +102,7 @@ def test_score_array_task_scores_its_shard_then_filter_scores_the_rest(run_launc
 def test_shard_spec():
     from omegaconf import OmegaConf
 
-    from aloevision.stages.filtering import shard_spec
+    from aloevision.stages.score import shard_spec
 
     cfg = OmegaConf.create({"cluster": {"data_shards": 4}})
     assert shard_spec(cfg, {}) == (0, 1)  # not an array task: everything
@@ -122,14 +122,15 @@ def test_filter_none_runs_neither_stage(tmp_path):
     from conftest import compose
 
     from aloevision.pipeline import _enabled
-    from aloevision.stages import filtering
+    from aloevision.stages import filter as filter_stage
+    from aloevision.stages import score as score_stage
 
     cfg = compose(["filter=none"], root=tmp_path)
     assert not _enabled(cfg, "score") and not _enabled(cfg, "filter")  # `stage=all` skips both
     assert _enabled(compose([], root=tmp_path), "filter")  # the demo default runs them
     # called explicitly (stage=filter filter=none) they keep everything without scoring or reading any data
     ctx = SimpleNamespace(cfg=cfg, results={})
-    assert filtering.run(ctx)["excluded_ids"] == [] and filtering.run_score(ctx) == {"skipped": True}
+    assert filter_stage.run(ctx)["excluded_ids"] == [] and score_stage.run(ctx) == {"skipped": True}
 
 
 def test_rules_scorer_reads_lettered_choices():

@@ -191,7 +191,7 @@ def test_array_shards_fill_the_cache(tmp_path, demo_dir, monkeypatch):
     """Two array tasks of `stage=hash` split the images; the assembling job then decodes nothing."""
     from aloevision.config import ConfigError
     from aloevision.pipeline import execute
-    from aloevision.stages.leakage import shard_spec
+    from aloevision.stages.hash import shard_spec
 
     base = [f"paths.demo_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
             "leakage.eval_sets=[demo_mcq,careqa_vision_open]", "cluster.data_shards=2"]
