@@ -48,7 +48,7 @@ def test_ar_set_through_launch_counts_every_attack(run_launch, tmp_path, demo_di
     assert {**seen, "total": len(samples)} == rep["counts"]
     assert all(s["source"] == "fracatlas_ar" and Path(s["images"][0]).is_file() for s in samples)
     assert all(s["messages"][1]["role"] == "assistant" for s in samples)
-    md = (run_dir / "adversarial_report.md").read_text()
+    md = (run_dir / "adversarial" / "report.md").read_text()
     assert "17,254" in md and "detection/legends" in md
 
 

@@ -17,7 +17,7 @@ def _record(run_dir: Path) -> dict:
 
 
 def _categories(run_dir: Path) -> dict[str, dict]:
-    with open(run_dir / "mix_composition.csv") as f:
+    with open(run_dir / "mix" / "composition.csv") as f:
         return {r["category"]: r for r in csv.DictReader(f) if r["level"] == "category"}
 
 
@@ -33,9 +33,9 @@ def test_demo_mixture_opens_with_datasets(run_launch, tmp_path):
     row = next(r for r in ds if r["images"])
     assert row["images"][0].size[0] > 0 and row["messages"][0]["role"] in ("system", "user")
     # composition: files exist and count exactly what was written
-    for name in ("mix_composition.md", "mix_composition.csv", "mix_token_allocation.png", "plan.json"):
+    for name in ("mix/composition.md", "mix/composition.csv", "mix/token_allocation.png", "plan.json"):
         assert (run_dir / name).stat().st_size > 0, name
-    with open(run_dir / "mix_composition.csv") as f:
+    with open(run_dir / "mix" / "composition.csv") as f:
         rows = list(csv.DictReader(f))
     total = next(r for r in rows if r["level"] == "total")
     assert int(total["samples"]) == len(ds)

@@ -6,7 +6,7 @@ every attack of the recipe is applied (`aloevision.adversarial.ar_set`). The res
 `samples.jsonl` (unified Samples, images under `images/`), `drops.jsonl` and `counts.json`; it is returned under
 `artifacts`, so the mix stage trains on it (`aloevision.ingestion.sample_folders`).
 
-The run folder gets `adversarial_report.md`: samples per attack in this run, the count expected from the items,
+The run folder gets `adversarial/report.md`: samples per attack in this run, the count expected from the items,
 and how the paper's 17.2K is reached at FracAtlas' real size.
 """
 
@@ -118,7 +118,8 @@ def run(ctx) -> dict[str, Any]:
     ctx.tracker.table("adversarial/counts", ["task/variant", "samples", "expected", "paper_scale"], rows)
     ctx.tracker.summary({"adversarial/samples": counts["total"], "adversarial/drops": sum(drop_reasons.values())})
     _log_examples(ctx, art.path)
-    report_path = ctx.run_dir / "adversarial_report.md"
+    report_path = ctx.run_dir / "adversarial" / "report.md"
+    report_path.parent.mkdir(exist_ok=True)
     write_report_md(report_path, counts, expected, paper, drop_reasons, recipe, str(art.path))
     report = {"artifact": str(art.path), "cached": art.cached, "ingest": str(ingest_art.path), "counts": counts,
               "expected": expected, "paper_scale": paper, "drops": drop_reasons, "recipe": dataclasses.asdict(recipe)}

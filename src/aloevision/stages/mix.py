@@ -195,8 +195,10 @@ def run(ctx) -> dict[str, Any]:
     comp = art.read_json("composition.json")
     # The run's own plan (training arithmetic can differ between runs sharing one mixture artifact).
     (ctx.run_dir / "plan.json").write_text(json.dumps(plan, indent=1))
+    out = ctx.run_dir / "mix"
+    out.mkdir(exist_ok=True)
     for name in ("composition.md", "composition.csv", "token_allocation.png"):
-        (ctx.run_dir / f"mix_{name}").write_bytes((art.path / name).read_bytes())
+        (out / name).write_bytes((art.path / name).read_bytes())
     ctx.tracker.table("mix/composition", COLUMNS, [[r[c] for c in COLUMNS] for r in comp])
     ctx.tracker.image("mix/token_allocation", art.path / "token_allocation.png", caption="loss-token allocation")
     total = next(r for r in comp if r["level"] == "total")
@@ -206,7 +208,7 @@ def run(ctx) -> dict[str, Any]:
     pushed = push_to_hub(ctx, art.path / "data")
     ctx.tracker.stage_report("mix", {"artifact": str(art.path), "samples": total["samples"], "skipped": skipped,
                                      "composition": comp, "training": tr, "pushed": pushed})
-    ctx.tracker.add_paths(mixture=art.path / "data", composition=ctx.run_dir / "mix_composition.md")
+    ctx.tracker.add_paths(mixture=art.path / "data", composition=out / "composition.md")
     return {"path": str(art.path), "data": str(art.path / "data"), "samples": total["samples"],
             "composition": comp, "plan": plan, "skipped": skipped}
 
