@@ -50,7 +50,7 @@ def test_readme_cluster_recipe_as_separate_slurm_jobs(slurm_cluster, run_launch,
     run_launch(*[o for o in x if not o.startswith("paths.cache_dir")], f"paths.cache_dir={tmp_path / 'cache_one'}",
                "wandb.mode=disabled", f"hydra.run.dir={one}", cache=False)
     ref = json.loads((one / "run_record.json").read_text())
-    assert _ids(mix) == _ids(ref) and len(_ids(ref)) > 100
+    assert _ids(mix) == _ids(ref) and len(_ids(ref)) > 50
     assert train["stages"]["train"]["loss_history"] == ref["stages"]["train"]["loss_history"]
     assert {k: v for k, v in ev["metrics"].items() if k.startswith("eval/")} == \
         {k: v for k, v in ref["metrics"].items() if k.startswith("eval/")}
