@@ -62,7 +62,8 @@ def test_sharded_then_assembled_equals_unsharded(tmp_path, demo_dir, monkeypatch
         capped += ra["drops"].get("source_cap", 0)
         # Each shard did a disjoint part of the rows; together all of them.
         parts = json.loads((b / "shards.json").read_text())
-        rows = [json.loads((Path(p) / "part.json").read_text())["rows"] for p in parts]
+        rows = [p["rows"] for p in parts]
+        assert not any(Path(p["path"]).exists() for p in parts)  # the shard artifacts went once assembled
         assert all(r > 0 for r in rows) or ra["rows_in"] < 2 * ingestion.SHARD_BLOCK
         assert sum(rows) == ra["rows_in"]
     assert capped > 0  # the caps were exercised
@@ -77,13 +78,15 @@ def test_sharding_splits_rows_and_keeps_the_global_bottom_k(tmp_path, demo_dir, 
 
     monkeypatch.setattr(ingestion, "SHARD_BLOCK", 4)
     extra = ["cluster.data_shards=3"]
+    ids = []
     for k in range(3):
-        _ingest(tmp_path, demo_dir, tmp_path / "cache", f"s{k}", [*extra, f"cluster.data_shard={k}"])
+        shard = _ingest(tmp_path, demo_dir, tmp_path / "cache", f"s{k}", [*extra, f"cluster.data_shard={k}"])
+        ids.append({json.loads(line)[2] for line in open(Path(shard["parts"]["medtrinity"]) / "samples.idx")})
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # disjoint shares of the rows
     out = _ingest(tmp_path, demo_dir, tmp_path / "cache", "asm", extra)
     folder = Path(out["artifacts"]["medtrinity"])
-    parts = [Path(p) for p in json.loads((folder / "shards.json").read_text())]
-    ids = [set(json.loads(l)[2] for l in open(p / "samples.idx")) for p in parts]
-    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+    parts = json.loads((folder / "shards.json").read_text())
+    assert all(p["rows"] for p in parts) and not any(Path(p["path"]).exists() for p in parts)
     kept = [json.loads(l)["id"] for l in open(folder / "samples.jsonl")]
     everything = {json.loads(l)["id"] for l in open(Path(_ingest(
         tmp_path, demo_dir, tmp_path / "cache_nocap", "nocap", ["mixture.sources.medtrinity.cap=null"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,19 @@ def _assembled(ctx, src, n: int):
                 log.warning("ingest %s: shards %s of %d missing; building them in this job", src.name,
                             [k for k, h in enumerate(have) if not h], n)
 
-            def build(tmp: Path) -> None:
-                parts = [_shard_part(ctx, src, k, n).path for k in range(n)]
-                assemble(parts, src.cap, tmp, src.name)
-                (tmp / "shards.json").write_text(json.dumps([str(p) for p in parts]))
+            parts: list[Path] = []
 
-            return ctx.store.get_or_build("ingest", key, build)
+            def build(tmp: Path) -> None:
+                parts.extend(_shard_part(ctx, src, k, n).path for k in range(n))
+                assemble(parts, src.cap, tmp, src.name)
+                # what each shard did, kept: the shard artifacts (as large as the source) go once assembled
+                (tmp / "shards.json").write_text(json.dumps(
+                    [{"path": str(p), **json.loads((p / "part.json").read_text())} for p in parts]))
+
+            art = ctx.store.get_or_build("ingest", key, build)
+            for part in parts:  # built by this job: no later job reads a shard of an assembled source
+                shutil.rmtree(part, ignore_errors=True)
+            return art
     return ctx.store.get_or_build("ingest", key, lambda tmp: ingest_source(src, ctx.cfg.seed, tmp))
 
 

@@ -20,6 +20,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,33 +29,38 @@ from aloevision.ingestion import sample_folders
 from aloevision.mixture import available_stats, build_plan, excluded_ids, features, mixture_rows
 
 log = logging.getLogger(__name__)
-MIX_VERSION = "2"
+MIX_VERSION = "3"  # 3: rows interleaved by a seeded shuffle
 ROWS_PER_SHARD = 5000
 
 
-def _build(ingest_dirs, tokens_dirs, excluded, plan: dict, seed: int, hf_cache: str, out: Path) -> None:
-    from datasets import Dataset
+def _build(ingest_dirs, tokens_dirs, excluded, plan: dict, seed: int, out: Path) -> None:
+    from datasets import Dataset, Value
 
     fractions = {s["name"]: s["fraction"] for s in plan["sources"]}
     gen = {"ingest_dirs": ingest_dirs, "tokens_dirs": tokens_dirs, "excluded": excluded, "fractions": fractions,
            "seed": seed}
     feats = features()
-    from datasets import Value
-
     feats["loss_tokens"] = Value("int64")
-    ds = Dataset.from_generator(mixture_rows, gen_kwargs=gen, features=feats, cache_dir=hf_cache)
+    # The generator's Arrow files go to a scratch folder inside the artifact's temporary build folder and are deleted
+    # once the parquet shards exist: the store keeps one copy of the mixture, not two.
+    scratch = out / ".arrow"
+    ds = Dataset.from_generator(mixture_rows, gen_kwargs=gen, features=feats, cache_dir=str(scratch))
     observed: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for batch in ds.select_columns(["source", "category", "loss_tokens"]).iter(batch_size=10_000):
         for s, c, lt in zip(batch["source"], batch["category"], batch["loss_tokens"]):
             o = observed[(s, c)]
             o[0] += 1
             o[1] += lt
-    ds = ds.remove_columns(["loss_tokens"])  # the released rows are TRL's format only
+    # Rows come out source by source: a seeded shuffle interleaves them, so any subset of the shards (a partial
+    # download, a streaming reader that stops early) is a fair sample of the mixture.
+    ds = ds.remove_columns(["loss_tokens"]).shuffle(seed=seed)  # the released rows are TRL's format only
     data = out / "data"
     data.mkdir(parents=True)
     n_shards = max(1, -(-len(ds) // ROWS_PER_SHARD))
     for i in range(n_shards):
         ds.shard(n_shards, i, contiguous=True).to_parquet(str(data / f"train-{i:05d}-of-{n_shards:05d}.parquet"))
+    del ds
+    shutil.rmtree(scratch)
     comp = composition(plan, observed)
     (out / "composition.json").write_text(json.dumps(comp, indent=1))
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
@@ -189,9 +195,8 @@ def run(ctx) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "version": MIX_VERSION,
     }
-    hf_cache = str(Path(cfg.paths.cache_dir) / "hf_datasets")
     art = ctx.store.get_or_build(
-        "mix", key, lambda tmp: _build(sources, tokens_dirs, excluded, plan, int(cfg.seed), hf_cache, tmp))
+        "mix", key, lambda tmp: _build(sources, tokens_dirs, excluded, plan, int(cfg.seed), tmp))
     comp = art.read_json("composition.json")
     # The run's own plan (training arithmetic can differ between runs sharing one mixture artifact).
     (ctx.run_dir / "plan.json").write_text(json.dumps(plan, indent=1))
