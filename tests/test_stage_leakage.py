@@ -211,3 +211,37 @@ def test_array_shards_fill_the_cache(tmp_path, demo_dir, monkeypatch):
     t = res["hashing"]
     # Every image was decoded by one of the tasks; a file several samples share counts as a hit once per part.
     assert t["computed"] == 0 and t["train"]["from_cache"] + t["eval"]["from_cache"] >= done
+    # ... and by one task only: the shards split distinct images, so together they decoded exactly what one
+    # unsharded job decodes (on a fresh content cache)
+    whole = compose([*base, f"paths.cache_dir={tmp_path / 'cache_whole'}", "stage=hash", "cluster.data_shards=1"],
+                    root=tmp_path)
+    assert execute(_ctx(whole, tmp_path / "whole"))["hash"]["totals"]["computed"] == done
+
+
+def test_hash_shards_split_distinct_images(tmp_path, demo_dir, monkeypatch):
+    """Two training files that share every image (PubMedVision's layout): the array's tasks together decode each
+    image once, not once per sample."""
+    from PIL import Image
+
+    from aloevision.pipeline import execute
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(12):
+        Image.new("RGB", (64, 64), (20 * i, 255 - 20 * i, 7 * i)).save(imgs / f"{i}.png")
+    folders = {}
+    for part in ("a", "b"):  # same images, different samples
+        folders[part] = tmp_path / part
+        folders[part].mkdir()
+        (folders[part] / "samples.jsonl").write_text("".join(json.dumps(
+            {"id": f"{part}/{i}", "source": part, "domain": "medical", "modality": "multimodal", "messages": [],
+             "images": [str(imgs / f"{i}.png")]}) + "\n" for i in range(12)))
+    base = [f"paths.demo_dir={demo_dir}", "leakage.eval_sets=[]", "cluster.data_shards=2", "stage=hash"]
+    computed = 0
+    for k in (0, 1):  # each task with its own content cache, as if both ran at once: no task sees the other's hashes
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(k))
+        monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+        ctx = _ctx(compose([*base, f"paths.cache_dir={tmp_path / f'cache{k}'}"], root=tmp_path), tmp_path / f"hash{k}")
+        ctx.results["ingest"] = {"artifacts": {p: str(f) for p, f in folders.items()}}
+        computed += execute(ctx)["hash"]["totals"]["computed"]
+    assert computed == 12  # by sample id, the two tasks would have decoded up to 24

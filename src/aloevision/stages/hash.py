@@ -13,8 +13,8 @@ make sure no image is hashed twice:
 
 Sharding (SLURM job array): a dedicated `stage=hash` job with `cluster.data_shards=n > 1` running as array task `k`
 (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, checked against SLURM_ARRAY_TASK_COUNT; or `cluster.data_shard=k` when
-the schema has it) hashes only the training samples with `shard_of(sample_id, n) == k` and the eval images with
-`shard_of("<set>/<item id>", n) == k` into the content cache, and builds no artifact. The `stage=leakage` job that
+the schema has it) hashes only the images with `image_shard(ref, n) == k` (by image, not by sample: an image several
+samples, sources or evaluation items share is decoded by one task) into the content cache, and builds no artifact. The `stage=leakage` job that
 follows (or `stage=all`) then builds the artifacts with every image a cache hit (read + sha1, no decode), e.g.
 `sbatch --array=0-63 ... --wrap "python launch.py stage=hash cluster=marenostrum5"`, then
 `python launch.py stage=leakage cluster=marenostrum5`. Under `stage=all` or in a sweep an array task is a sweep job,
