@@ -144,8 +144,9 @@ def test_every_image_reason(tmp_path):
     assert reason(sample([str(tmp_path / "empty.png")])) == "truncated_image"
     assert reason(sample([str(tmp_path / "crc.png")])) == "corrupt_image"
     assert reason(sample([str(tmp_path / "bomb.png")])) == "decompression_bomb"  # over Pillow's own hard limit
-    assert reason(sample([str(tmp_path / "big.png")])) is None
-    assert reason(sample([str(tmp_path / "big.png")]), max_pixels=1_000_000) == "decompression_bomb"
+    # 25 Mpx declared, a few bytes of data: refused from the header (expansion ratio), never decoded
+    assert reason(sample([str(tmp_path / "big.png")])) == "decompression_bomb"
+    assert reason(sample([good]), max_pixels=100) == "decompression_bomb"
     assert reason(sample([small])) == "image_too_small"
     assert reason(sample([small]), min_size=40) is None
     assert reason(sample([good] * 6)) == "too_many_images"
@@ -195,8 +196,8 @@ def test_cheap_check_reads_headers_decode_is_thorough(tmp_path):
     data[idat + 4 + length:idat + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[idat:idat + 4 + length])))
     (tmp_path / "x.png").write_bytes(bytes(data))
     ref = str(tmp_path / "x.png")
-    assert ImageCheck().check(sample([ref])) is None
-    verdict = ImageCheck(decode=True).check(sample([ref]))
+    assert ImageCheck(decode=False).check(sample([ref])) is None
+    verdict = ImageCheck().check(sample([ref]))  # the default: the full shared decode
     assert verdict is not None and verdict[0] in ("corrupt_image", "truncated_image")
 
 

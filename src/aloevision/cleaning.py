@@ -2,8 +2,9 @@
 
 A rule has one method, ``check(sample) -> None | (reason, detail)`` (datatrove style); :func:`clean` applies a list
 of rules to a stream of ``Sample | Drop`` and yields the survivors and a :class:`~aloevision.schema.Drop` per
-removed sample. Rules are ordered cheap-first: structure before images. Image rules read headers plus a cheap
-verify (no pixel decode unless ``decode=True``), so cleaning streams at file-read speed.
+removed sample. Rules are ordered cheap-first: structure before images. The image rule decodes every image with
+:func:`aloevision.images.decode_image`, the one decode training, scoring, evaluation and the attacks use, so what
+cleaning keeps every later stage can read (``decode=False``: header + cheap verify only, for quick looks).
 
 The 4096-token rule is applied by the token-statistics stage, not here.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from aloevision.images import ImageError, check_member, split_ref, verify_image
@@ -116,6 +117,8 @@ class PathEscape:
                 return e.reason, e.detail
             if ".." in path.replace("\\", "/").split("/"):
                 return "path_escape", f"{ref!r} contains '..'"
+            if "\x00" in ref:
+                return "invalid_path", f"{ref[:200]!r} contains a NUL byte"
             if self.roots:
                 real = os.path.realpath(path)
                 if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
@@ -125,19 +128,39 @@ class PathEscape:
 
 class ImageCheck:
     """Missing / unreadable / truncated / corrupt images, decompression bombs, and images below the minimum size.
-    Reads each image's header plus a cheap verify; ``decode=True`` also decodes pixels (slower, thorough)."""
+    ``decode=True`` (the default, what ingest runs): the full shared decode (:func:`aloevision.images.decode_image`);
+    ``decode=False``: header plus a cheap verify. The verdict per reference is remembered for the last
+    ``CACHE`` references (datasets reuse images across records; a reference's bytes do not change within a run)."""
 
     name = "image"
+    CACHE = 4096
 
-    def __init__(self, min_size: int = 50, max_pixels: int | None = None, decode: bool = False):
+    def __init__(self, min_size: int = 50, max_pixels: int | None = None, decode: bool = True):
         self.min_size, self.max_pixels, self.decode = min_size, max_pixels, decode
+        self._seen: OrderedDict[str, tuple[str, str] | tuple[int, int]] = OrderedDict()
+
+    def _verdict(self, ref: str):
+        hit = self._seen.get(ref)
+        if hit is not None:
+            self._seen.move_to_end(ref)
+            return hit
+        try:
+            out = verify_image(ref, self.max_pixels, decode=self.decode)
+        except ImageError as e:
+            out = (e.reason, e.detail)
+        except Exception as e:  # noqa: BLE001  whatever a decoder raises, it is this image's drop
+            out = ("corrupt_image", f"{ref}: {type(e).__name__}: {e}")
+        self._seen[ref] = out
+        if len(self._seen) > self.CACHE:
+            self._seen.popitem(last=False)
+        return out
 
     def check(self, s: Sample):
         for ref in s.images:
-            try:
-                w, h = verify_image(ref, self.max_pixels, decode=self.decode)
-            except ImageError as e:
-                return e.reason, e.detail
+            v = self._verdict(ref)
+            if isinstance(v[0], str):
+                return v
+            w, h = v
             if w < self.min_size or h < self.min_size:
                 return "image_too_small", f"{ref}: {w}x{h} < {self.min_size}x{self.min_size}"
         return None
@@ -149,7 +172,7 @@ def structure_rules(max_images: int = 5) -> list[Rule]:
 
 def default_rules(
     min_size: int = 50, max_images: int = 5, max_pixels: int | None = None, roots: Sequence[str] | None = None,
-    decode: bool = False,
+    decode: bool = True,
 ) -> list[Rule]:
     """The paper's rules in cheap-first order."""
     return [*structure_rules(max_images), PathEscape(roots), ImageCheck(min_size, max_pixels, decode)]
@@ -157,7 +180,10 @@ def default_rules(
 
 def check_sample(sample: Sample, rules: Iterable[Rule]) -> Drop | None:
     for rule in rules:
-        verdict = rule.check(sample)
+        try:
+            verdict = rule.check(sample)
+        except Exception as e:  # noqa: BLE001  a rule that cannot judge a sample drops it, with why
+            verdict = (getattr(rule, "name", "check_error"), f"{type(e).__name__}: {str(e)[:300]}")
         if verdict is not None:
             reason, detail = verdict
             return Drop(sample.id, sample.source, reason, detail)

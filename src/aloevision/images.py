@@ -30,6 +30,7 @@ import io
 import json
 import os
 import re
+import stat
 import struct
 import tarfile
 import threading
@@ -40,7 +41,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Iterator
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 SEP = "::"
 REASONS = (
@@ -50,9 +51,18 @@ REASONS = (
     "corrupt_image",
     "decompression_bomb",
     "path_escape",
+    "invalid_path",
 )
 # Pillow's own default (~89.5 Mpx); medical figures are far smaller, whole-slide images are not read here.
 DEFAULT_MAX_PIXELS = 89_478_485
+# The most encoded bytes one image (file or archive member) may have: read with a bound, refused before reading when
+# the size is known (a zip member that expands to 1 GiB is refused from its directory entry, never inflated).
+MAX_IMAGE_BYTES = int(os.environ.get("ALOEVISION_MAX_IMAGE_BYTES", 256 << 20))
+# An image whose header declares this many pixels or more but whose encoded data is smaller than its raw pixels
+# divided by MAX_EXPANSION is refused before decoding: no real photograph or scan compresses that well, a crafted
+# "81 Mpx of zeros" does (deflate's ceiling is about 1032:1).
+BOMB_MIN_PIXELS = 16_000_000
+MAX_EXPANSION = 250
 GZ_CHECKPOINT_BYTES = 16 << 20
 _CHUNK = 1 << 16
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.zstd")
@@ -97,6 +107,59 @@ def normalize_member(name: str) -> str:
     return name
 
 
+def check_path_chars(path: str) -> None:
+    """Raises ``invalid_path`` for a path no file system accepts (a NUL byte, lone surrogates from undecodable
+    bytes) instead of letting ``os`` raise ``ValueError`` / ``UnicodeEncodeError`` deep inside a stage."""
+    if "\x00" in path:
+        raise ImageError("invalid_path", f"image path {path[:200]!r} contains a NUL byte")
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        raise ImageError("invalid_path", f"image path {path[:200]!r} is not encodable") from None
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file, read with a size bound. The file is opened non-blocking and checked with
+    ``fstat`` before any read, so a FIFO, socket or device never blocks the caller (plain ``open()`` on a FIFO waits
+    forever for a writer). Raises :class:`ImageError`."""
+    path = os.fspath(path)
+    check_path_chars(path)
+    limit = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise ImageError("missing_image", f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise ImageError("unreadable_image", f"{path} is a directory") from None
+    except OSError as e:
+        raise ImageError("unreadable_image", f"{path}: {e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError("unreadable_image", f"{path} is not a regular file (mode {stat.filemode(st.st_mode)})")
+        if st.st_size > limit:
+            raise ImageError("decompression_bomb", f"{path} is {st.st_size} bytes > limit {limit}")
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ImageError("unreadable_image", f"{path}: {e}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > limit:
+        raise ImageError("decompression_bomb", f"{path} grew past the limit of {limit} bytes while read")
+    return data
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """True for a regular file (following symlinks); False for FIFOs, sockets, devices, folders, bad names."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def check_member(member: str) -> str:
     """A member name an archive may hold without escaping: relative, no ``..``. Raises ``path_escape``."""
     m = normalize_member(member)
@@ -110,6 +173,7 @@ def resolve_ref(root: str | os.PathLike, rel: str) -> str:
     contains ``..``, or resolves (through symlinks) outside ``root``. The file need not exist."""
     if not isinstance(rel, str) or not rel.strip():
         raise ImageError("missing_image", f"empty image path {rel!r}")
+    check_path_chars(rel)
     rel_n = rel.replace("\\", "/")
     if rel_n.startswith("/") or re.match(r"^[A-Za-z]:", rel_n) or os.path.isabs(rel):
         raise ImageError("path_escape", f"absolute image path {rel!r}")
@@ -304,6 +368,9 @@ class Archive:
         self.parts = split_parts(self.path)
         if not self.parts:
             raise ImageError("missing_image", f"archive {self.path} not found (nor split parts {self.path}.*)")
+        bad = [p for p in self.parts if not is_regular(p)]
+        if bad:  # a FIFO named like an archive would block the zip/tar reader forever
+            raise ImageError("unreadable_image", f"archive part {bad[0]} is not a regular file")
         low = self.path.lower()
         self.kind = (
             "zip" if low.endswith(".zip")
@@ -386,6 +453,9 @@ class Archive:
         if entry is None:
             raise ImageError("missing_image", f"{m} not in archive {self.path}")
         offset, size = entry
+        if size > MAX_IMAGE_BYTES:  # from the directory / header: refused before anything is inflated
+            raise ImageError("decompression_bomb", f"{m} in {self.path} expands to {size} bytes > limit "
+                                                   f"{MAX_IMAGE_BYTES}")
         with self._lock:
             try:
                 if self.kind == "zip":
@@ -480,24 +550,24 @@ def iter_archive(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
 
 
 def read_image_bytes(ref: str) -> bytes:
-    """The raw (encoded) bytes of an image reference."""
+    """The raw (encoded) bytes of an image reference, at most :data:`MAX_IMAGE_BYTES`; non-regular files are
+    refused before they are opened for reading. Raises :class:`ImageError`."""
     path, member = split_ref(ref)
     if member is None:
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise ImageError("missing_image", f"{path} does not exist") from None
-        except IsADirectoryError:
-            raise ImageError("unreadable_image", f"{path} is a directory") from None
-        except OSError as e:
-            raise ImageError("unreadable_image", f"{path}: {e}") from None
+        return open_regular(path)
+    check_path_chars(path)
     return get_archive(path).read(member)
 
 
-def _open_header(ref: str, max_pixels: int | None) -> Image.Image:
-    """A lazily opened Pillow image (header parsed, pixels not decoded), with the pixel-count limit applied."""
-    data = read_image_bytes(ref)
+def _label(src) -> str:
+    return src if isinstance(src, str) else "<image bytes>"
+
+
+def _open_header(src: "str | bytes", max_pixels: int | None) -> Image.Image:
+    """A lazily opened Pillow image (header parsed, pixels not decoded) of a reference or of encoded bytes, with
+    the pixel-count limit and the expansion-ratio limit applied."""
+    data = read_image_bytes(src) if isinstance(src, str) else bytes(src)
+    ref = _label(src)
     if not data:
         raise ImageError("truncated_image", f"{ref} is empty")
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -509,13 +579,16 @@ def _open_header(ref: str, max_pixels: int | None) -> Image.Image:
         raise ImageError("decompression_bomb", f"{ref}: {e}") from None
     except UnidentifiedImageError:
         raise ImageError("unreadable_image", f"{ref}: not an image Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(_classify(e), f"{ref}: {e}") from None
+    except Exception as e:  # noqa: BLE001  any parser failure (ValueError for oversized text chunks, struct.error...)
+        raise ImageError(_classify(e), f"{ref}: {type(e).__name__}: {e}") from None
     w, h = im.size
-    if w * h > limit:
-        raise ImageError("decompression_bomb", f"{ref}: {w}x{h} = {w * h} pixels > limit {limit}")
     if w <= 0 or h <= 0:
         raise ImageError("corrupt_image", f"{ref}: size {w}x{h}")
+    if w * h > limit:
+        raise ImageError("decompression_bomb", f"{ref}: {w}x{h} = {w * h} pixels > limit {limit}")
+    if w * h >= BOMB_MIN_PIXELS and w * h > len(data) * MAX_EXPANSION:
+        raise ImageError("decompression_bomb", f"{ref}: header declares {w}x{h} but the file holds only "
+                                               f"{len(data)} bytes (over {MAX_EXPANSION}:1)")
     im.info["_aloevision_nbytes"] = len(data)
     im._aloevision_data = data  # type: ignore[attr-defined]  # kept for verify()
     return im
@@ -529,42 +602,90 @@ def _classify(e: BaseException) -> str:
 
 
 def image_size(ref: str, max_pixels: int | None = None) -> tuple[int, int]:
-    """(width, height) from the image header; no pixel decoding. Raises :class:`ImageError`."""
+    """(width, height) as stored, from the image header; no pixel decoding. Raises :class:`ImageError`."""
     return _open_header(ref, max_pixels).size
 
 
-def verify_image(ref: str, max_pixels: int | None = None, decode: bool = False) -> tuple[int, int]:
-    """Cheap integrity check: header, Pillow's ``verify()`` (PNG chunk CRCs up to IEND, ...), and the JPEG end
-    marker; ``decode=True`` also decodes the pixels. Returns (width, height). Raises :class:`ImageError`."""
+def verify_image(ref: str, max_pixels: int | None = None, decode: bool = True) -> tuple[int, int]:
+    """Integrity check. ``decode=True`` (what ingest runs): :func:`decode_image`, the full decode every later stage
+    uses, so what passes here can be trained on; returns the displayed (width, height), EXIF orientation applied.
+    ``decode=False``: header, Pillow's ``verify()`` (PNG chunk CRCs up to IEND, ...) and the JPEG end marker only;
+    returns the stored size. Raises :class:`ImageError`."""
+    if decode:
+        return decode_image(ref, max_pixels).size
     im = _open_header(ref, max_pixels)
-    size = im.size
+    _integrity(im, ref)
+    return im.size
+
+
+def _integrity(im: Image.Image, ref: str) -> None:
+    """The checks a decode alone misses: the JPEG end marker (Pillow's JPEG verify reads nothing; a missing EOI is
+    the signature of a cut-off download) and Pillow's ``verify()`` (PNG chunk CRCs up to IEND, ...), on a second
+    parse of the same in-memory bytes."""
     data: bytes = im._aloevision_data  # type: ignore[attr-defined]
     if im.format == "JPEG" and b"\xff\xd9" not in data[-1024:]:
-        # Pillow's JPEG verify() reads nothing; a missing EOI marker is the signature of a cut-off download.
         raise ImageError("truncated_image", f"{ref}: JPEG without end-of-image marker")
     try:
-        im.verify()
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise ImageError(_classify(e), f"{ref}: {e}") from None
-    if decode:
-        open_image(ref, max_pixels)
-    return size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(io.BytesIO(data)).verify()
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(_classify(e), f"{ref}: {type(e).__name__}: {e}") from None
 
 
-def open_image(ref: str, max_pixels: int | None = None) -> Image.Image:
-    """The decoded Pillow image (any mode, as stored). Raises :class:`ImageError`."""
-    im = _open_header(ref, max_pixels)
+def _load(im: Image.Image, ref: str) -> Image.Image:
     prev = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-        im.load()
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise ImageError(_classify(e), f"{ref}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the pixels decide, below
+            im.load()
     except Image.DecompressionBombError as e:
         raise ImageError("decompression_bomb", f"{ref}: {e}") from None
+    except MemoryError:
+        raise ImageError("decompression_bomb", f"{ref}: out of memory while decoding") from None
+    except Exception as e:  # noqa: BLE001  ValueError (text chunk past MAX_TEXT_CHUNK), OSError, struct.error, ...
+        raise ImageError(_classify(e), f"{ref}: {type(e).__name__}: {e}") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = prev
     return im
+
+
+def open_image(ref: str, max_pixels: int | None = None) -> Image.Image:
+    """The decoded Pillow image exactly as stored (any mode, no EXIF orientation): for masks and pixel-exact work.
+    Anything shown to a model goes through :func:`decode_image`. Raises :class:`ImageError`."""
+    return _load(_open_header(ref, max_pixels), ref)
+
+
+def decode_image(image, max_pixels: int | None = None) -> Image.Image:
+    """THE image decode: every stage that looks at pixels (ingest's check, training's collator, scoring, evaluation,
+    the attacks) calls this, so they all see the same pixels. ``image``: a reference (path or ``archive::member``),
+    encoded bytes, a ``{"bytes", "path"}`` dict (a ``datasets`` Image value) or a PIL image (e.g. one ``datasets``
+    decoded). Steps: bounded read (non-regular files refused), pixel and expansion-ratio limits from the header,
+    full decode (truncation, corrupt data and Pillow's ancillary-chunk limits raise), EXIF orientation applied,
+    then :func:`to_rgb`. Returns an RGB image; raises :class:`ImageError` for every failure."""
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, Image.Image):
+        im, ref = image, "<PIL image>"
+        _load(im, ref)
+    elif isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        src = os.fspath(image) if isinstance(image, (str, os.PathLike)) else bytes(image)
+        ref = _label(src)
+        im = _open_header(src, max_pixels)
+        _integrity(im, ref)
+        im = _load(im, ref)
+    else:
+        raise ImageError("unreadable_image", f"cannot decode an image from {type(image).__name__}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = ImageOps.exif_transpose(im)  # the orientation a viewer shows; datasets' decode applies it too
+        return to_rgb(im)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001  a mode with no RGB conversion, a broken EXIF block, ...
+        raise ImageError("corrupt_image", f"{ref}: {type(e).__name__}: {e}") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

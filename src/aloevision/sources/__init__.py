@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Callable, Iterator
 
 from aloevision.schema import Drop, Sample
@@ -28,11 +30,53 @@ MODULES = {
 }
 
 
+log = logging.getLogger(__name__)
+
+
+def _context(src):
+    from aloevision.sources.base import SourceContext
+
+    mod = MODULES[src.adapter]
+    return SourceContext.from_config(src, mod.DEFAULT_FILES, mod.DEFAULT_IMAGES)
+
+
+def source_inventory(src) -> dict:
+    """Which of the source's expected files and image containers exist, before anything is read (see
+    :func:`aloevision.sources.base.inventory`)."""
+    from aloevision.sources.base import inventory
+
+    return inventory(_context(src))
+
+
+def allowed_roots(src) -> list[str]:
+    """The folders a source's image references may resolve into (the cleaning rule ``path_escape`` checks them):
+    the source folder, ``options.image_root`` (the Hub-id setup) and, for adapters that write embedded images out,
+    their image cache (MedTrinity's ``25M_demo``)."""
+    roots = [os.fspath(src.path)]
+    ctx = _context(src)
+    if ctx.options.get("image_root"):
+        roots.append(os.fspath(ctx.options["image_root"]))
+    extra = getattr(MODULES[src.adapter], "extra_roots", None)
+    if extra is not None:
+        roots += [os.fspath(r) for r in extra(ctx)]
+    return roots
+
+
 def read_source(src) -> Iterator[Sample | Drop]:
     """All records of one source (a :class:`aloevision.config.SourceConfig` or anything with its fields), converted.
-    Raises ``ValueError`` for an unknown adapter and ``FileNotFoundError`` when the data files are not there."""
+    Logs, before reading, which expected files and image containers were found and which are missing. Raises
+    ``ValueError`` for an unknown adapter and ``FileNotFoundError`` when the data files are not there."""
     try:
         adapter = ADAPTERS[src.adapter]
     except KeyError:
         raise ValueError(f"source {src.name}: unknown adapter {src.adapter!r}; choose one of {sorted(ADAPTERS)}") from None
+    inv = source_inventory(src)
+    if inv.get("hub"):
+        log.info("source %s: Hub dataset %s (images under %s)", src.name, inv["path"], inv.get("image_root"))
+    else:
+        found = {k: v["count"] for k, v in {**inv["files"], **inv["images"]}.items() if v["count"]}
+        log.info("source %s: found %s under %s", src.name, found, inv["path"])
+        if inv["missing_files"] or inv["missing_images"]:
+            log.warning("source %s: expected but missing under %s: files %s, images %s", src.name, inv["path"],
+                        inv["missing_files"], inv["missing_images"])
     return adapter(src)

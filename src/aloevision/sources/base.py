@@ -19,6 +19,7 @@ from aloevision.images import (
     ImageError,
     get_archive,
     is_archive,
+    is_regular,
     make_ref,
     normalize_member,
     resolve_ref,
@@ -96,6 +97,10 @@ class SourceContext:
     def sample(self, native: Any, messages: list[dict], images: list[str], meta: dict | None = None) -> Sample | Drop:
         """A Sample, or the Drop for the first structural rule it breaks (same reasons as the cleaning stage)."""
         s = Sample(self.sid(native), self.name, self.domain, self.modality, messages, images, meta or {})
+        try:  # meta carries raw record values: it must be writable as UTF-8 JSON like the rest of the sample
+            json.dumps(s.meta, ensure_ascii=False, allow_nan=True).encode("utf-8")
+        except (TypeError, ValueError, UnicodeError, RecursionError) as e:
+            return self.drop(native, "malformed_record", f"a record value cannot be stored: {type(e).__name__}: {e}")
         return check_sample(s, structure_rules(max_images=10**9)) or s  # the 5-image cap is a cleaning decision
 
     def llava_sample(self, rec: dict, label: str, i: int, turns: list[tuple[str, str]], image_paths: list[Any],
@@ -116,19 +121,41 @@ class SourceContext:
 
 
 def data_files(ctx: SourceContext) -> list[Path]:
-    """The local data files: ``path`` itself if it is a file, else each ``files`` glob under it (sorted)."""
+    """The local data files: ``path`` itself if it is a file, else each ``files`` glob under it (sorted). Only
+    regular files count (a FIFO or socket named like a data file is never opened)."""
     p = Path(ctx.path)
     if p.is_file():
         return [p]
     out: list[Path] = []
     for pattern in ctx.files:
-        matches = sorted(Path(m) for m in glob.glob(str(p / pattern), recursive=True) if os.path.isfile(m))
+        matches = sorted(Path(m) for m in glob.glob(str(p / pattern), recursive=True) if is_regular(m))
         out.extend(m for m in matches if m not in out)
     if not out:
         raise FileNotFoundError(
             f"source {ctx.name}: no data files match {ctx.files} under {p} (set source.files to the native files)"
         )
     return out
+
+
+def inventory(ctx: SourceContext) -> dict[str, Any]:
+    """What a source will read, before reading it: per ``files`` pattern and per ``images`` entry, the paths it
+    matched (at most 5 shown, with the count) or that it matched nothing. Logged by :func:`read_source`."""
+    root = Path(ctx.path)
+    if not ctx.is_local:
+        return {"path": ctx.path, "hub": True, "image_root": ctx.options.get("image_root")}
+    def matched(base: Path, pattern: str) -> list[str]:
+        full = pattern if os.path.isabs(pattern) else str(base / pattern)
+        found = sorted(glob.glob(full, recursive=True))
+        if not found and is_archive(full) and split_parts(full):
+            found = split_parts(full)
+        return [os.path.relpath(f, base) for f in found]
+    files = {pat: matched(root, pat) for pat in ([] if root.is_file() else ctx.files)}
+    images = {pat: matched(ctx.root, pat) for pat in [x.strip() for x in (ctx.images or "").split(",") if x.strip()]}
+    def summary(d: dict[str, list[str]]) -> dict[str, Any]:
+        return {k: {"count": len(v), "first": v[:5]} for k, v in d.items()}
+    return {"path": ctx.path, "files": summary(files), "images": summary(images),
+            "missing_files": [k for k, v in files.items() if not v],
+            "missing_images": [k for k, v in images.items() if not v]}
 
 
 class Skipped:
@@ -139,35 +166,72 @@ class Skipped:
 
 SKIPPED = Skipped()
 JSON_CHUNK = 1 << 20  # characters read per refill of the streaming JSON reader
-MAX_JSON_RECORD = 1 << 28  # one record larger than this (256 Mi characters) is treated as malformed JSON
+MAX_JSON_RECORD = 64 << 20  # one record (line, array element) larger than this is dropped unread, as malformed
 WRAPPER_KEYS = ("data", "rows", "annotations", "train")
+# An escaped surrogate (\ud800-\udfff) in JSON text: the decoded value may hold a lone surrogate, which no UTF-8
+# writer accepts; such records are checked (a proper pair, e.g. an escaped emoji, passes).
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_RAW_SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, as the surrogateescape error handler maps them
+
+
+class FileLabel(str):
+    """A data file's label (its stem, used in ids and ``meta.file``) that also knows the file's name, so every drop
+    can say which file and row it came from."""
+
+    file: str
+
+    def __new__(cls, path: Path) -> "FileLabel":
+        obj = super().__new__(cls, path.stem)
+        obj.file = path.name
+        return obj
+
+
+def _encoding_problem(raw: str, obj: Any) -> str | None:
+    """Why a decoded JSON value cannot be written back as UTF-8 (undecodable bytes, lone surrogates), or None."""
+    if _RAW_SURROGATE.search(raw):
+        return "bytes that are not UTF-8"
+    if _ESCAPED_SURROGATE.search(raw):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except (UnicodeError, ValueError, RecursionError):
+            return "an escaped lone surrogate (not valid Unicode)"
+    return None
 
 
 class JsonStream:
     """Incremental JSON reader over a text file: the top-level array (or the array under a wrapper key of a
     top-level object) is decoded one element at a time with ``json.JSONDecoder.raw_decode`` (the stdlib's C
     scanner, so values are exactly what ``json.load`` gives: floats, not Decimals). Memory: one refill chunk plus
-    the element being decoded, whatever the file size."""
+    the element being decoded (at most :data:`MAX_JSON_RECORD`), whatever the file size.
+
+    A bad element (nested past the recursion limit, invalid JSON inside, too large, not UTF-8) is skipped by a
+    bracket scanner and yields :class:`Malformed`; the elements after it are still read. A file cut off inside an
+    element yields one :class:`Malformed` that says so, after every complete element before it."""
 
     def __init__(self, f, path: Path):
         self.f, self.path = f, path
         self.buf, self.pos, self.eof = "", 0, False
         self.decoder = json.JSONDecoder()
+        self.consumed = 0  # characters dropped from the front of buf (for error positions)
 
     def _fill(self, at_least: int = JSON_CHUNK) -> bool:
         if self.eof:
             return False
         chunk = self.f.read(max(JSON_CHUNK, at_least))
+        self.consumed += self.pos
         self.buf = self.buf[self.pos:] + chunk  # drop what was consumed; offsets restart at 0
         self.pos = 0
         if not chunk:
             self.eof = True
         return bool(chunk)
 
+    def where(self) -> int:
+        return self.consumed + self.pos
+
     def peek(self) -> str:
         """The next non-whitespace character ('' at end of file), not consumed."""
         while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n\ufeff":
                 self.pos += 1
             if self.pos < len(self.buf):
                 return self.buf[self.pos]
@@ -177,71 +241,166 @@ class JsonStream:
     def expect(self, chars: str) -> str:
         c = self.peek()
         if not c or c not in chars:
-            raise ValueError(f"{self.path}: not valid JSON: expected one of {chars!r} near character "
-                             f"{self.f.tell() - len(self.buf) + self.pos}, got {c!r}")
+            raise ValueError(f"{self.path.name}: not valid JSON: expected one of {chars!r} near character "
+                             f"{self.where()}, got {c!r}")
         self.pos += 1
         return c
 
     def value(self) -> Any:
-        """Decode the next complete value, reading more while it is cut off by the end of the buffer."""
+        """Decode the next complete value, reading more while it is cut off by the end of the buffer. Raises
+        ``EOFError`` when the file ends inside it, ``ValueError`` / ``RecursionError`` when it is bad (the
+        position is left at its start, for :meth:`skip`)."""
         self.peek()
         while True:
             try:
                 obj, end = self.decoder.raw_decode(self.buf, self.pos)
                 if end < len(self.buf) or self.eof:  # a number ending the buffer may continue in the next chunk
+                    problem = _encoding_problem(self.buf[self.pos:end], obj)
                     self.pos = end
+                    if problem:
+                        raise UnicodeError(problem)
                     return obj
             except json.JSONDecodeError as e:
+                # Only a value cut off by the end of the buffer can be fixed by reading more: an unterminated
+                # string, or an error right at the end. An error with data after it is invalid JSON.
+                more = "Unterminated string" in e.msg or len(self.buf) - e.pos < 16
+                if not more:
+                    raise ValueError(f"not valid JSON ({e.msg})") from None
                 if self.eof:
-                    raise ValueError(f"{self.path}: not valid JSON ({e})") from None
+                    raise EOFError(f"the file ends inside this row ({e.msg})") from None
                 if len(self.buf) - self.pos > MAX_JSON_RECORD:
-                    raise ValueError(f"{self.path}: not valid JSON, or one record is over {MAX_JSON_RECORD} "
-                                     f"characters ({e})") from None
+                    raise ValueError(f"row over {MAX_JSON_RECORD} characters") from None
             self._fill(len(self.buf) - self.pos)  # grow geometrically: a long record is re-scanned O(log) times
 
+    _TOKEN = re.compile(r'["\[\]{}]')
+    _IN_STRING = re.compile(r'["\\]')
+
+    def skip(self) -> bool:
+        """Move past the value starting at the current position by bracket counting (no recursion, no decode);
+        True when positioned after it, False when the file ends first."""
+        depth, in_str, started = 0, False, False
+        while True:
+            if self.pos >= len(self.buf) and not self._fill():
+                return False
+            if in_str:
+                m = self._IN_STRING.search(self.buf, self.pos)
+                if m is None:
+                    self.pos = len(self.buf)
+                    continue
+                if m.group() == "\\":
+                    if m.end() >= len(self.buf) and not self._fill():
+                        return False
+                    self.pos = m.end() + 1
+                    continue
+                self.pos, in_str = m.end(), False
+                if depth == 0:
+                    return True
+                continue
+            c = self.peek()
+            if not c:
+                return False
+            if not started and c not in '"[{':  # a scalar: ends at the next , ] } or whitespace
+                m = re.compile(r"[,\]}\s]").search(self.buf, self.pos)
+                while m is None:
+                    if not self._fill():
+                        self.pos = len(self.buf)
+                        return True
+                    m = re.compile(r"[,\]}\s]").search(self.buf, self.pos)
+                self.pos = m.start()
+                return True
+            started = True
+            m = self._TOKEN.search(self.buf, self.pos)
+            if m is None:
+                self.pos = len(self.buf)
+                continue
+            self.pos = m.end()
+            t = m.group()
+            if t == '"':
+                in_str = True
+            elif t in "[{":
+                depth += 1
+            else:
+                depth -= 1
+                if depth <= 0:
+                    return True
+
     def array(self) -> Iterator[Any]:
-        """Elements of the array that starts here."""
+        """Elements of the array that starts here; bad elements as :class:`Malformed`."""
         self.expect("[")
         if self.peek() == "]":
             self.pos += 1
             return
+        n = 0
         while True:
-            yield self.value()
-            if self.expect(",]") == "]":
+            n += 1
+            try:
+                yield self.value()
+            except EOFError as e:
+                yield Malformed(f"{self.path.name} element {n}: {e}; the file is cut off, the rows before it are "
+                                "kept")
                 return
+            except (ValueError, RecursionError, UnicodeError, MemoryError) as e:
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+                yield Malformed(f"{self.path.name} element {n} (character {self.where()}): {why}")
+                if isinstance(e, UnicodeError):
+                    pass  # already past it
+                elif not self.skip():
+                    yield Malformed(f"{self.path.name}: the file ends inside element {n}; the rest is lost")
+                    return
+            try:
+                if self.expect(",]") == "]":
+                    return
+            except ValueError as e:
+                yield Malformed(f"{self.path.name} after element {n}: {e}; the rest of the file is not read")
+                return
+
+
+def _open_text(path: Path):
+    """A data file opened for text. Undecodable bytes become lone surrogates (``surrogateescape``), so one bad
+    record is found and dropped instead of a ``UnicodeDecodeError`` ending the whole file."""
+    if not is_regular(path):
+        raise OSError(f"{path} is not a regular file")
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def _iter_json(path: Path) -> Iterator[Any]:
     """A .json file: a top-level array (streamed), an object wrapping the rows under ``data`` / ``rows`` /
     ``annotations`` / ``train`` (the first such array in the file is streamed), a single object (one row), or JSON
-    lines saved as .json."""
-    with open(path, encoding="utf-8") as f:
+    lines saved as .json. Damage yields :class:`Malformed` rows; the readable rows are kept."""
+    with _open_text(path) as f:
         js = JsonStream(f, path)
         first = js.peek()
         if first == "[":
             yield from js.array()
             if js.peek():
-                raise ValueError(f"{path}: not valid JSON (content after the top-level array)")
+                yield Malformed(f"{path.name}: content after the top-level array (character {js.where()}) ignored")
             return
         if first != "{":
             yield from _iter_jsonl(path)
             return
-        js.expect("{")
-        obj: dict[str, Any] = {}
-        if js.peek() != "}":
-            while True:
-                key = js.value()
-                if not isinstance(key, str):
-                    raise ValueError(f"{path}: not valid JSON (object key {key!r})")
-                js.expect(":")
-                if key in WRAPPER_KEYS and js.peek() == "[":
-                    yield from js.array()  # the rows: the other members are metadata
-                    return
-                obj[key] = js.value()
-                if js.expect(",}") == "}":
-                    break
-        else:
-            js.pos += 1
+        try:
+            js.expect("{")
+            obj: dict[str, Any] = {}
+            if js.peek() != "}":
+                while True:
+                    key = js.value()
+                    if not isinstance(key, str):
+                        raise ValueError(f"object key {key!r}")
+                    js.expect(":")
+                    if key in WRAPPER_KEYS and js.peek() == "[":
+                        yield from js.array()  # the rows: the other members are metadata
+                        return
+                    obj[key] = js.value()
+                    if js.expect(",}") == "}":
+                        break
+            else:
+                js.pos += 1
+        except (ValueError, RecursionError, UnicodeError, EOFError, MemoryError) as e:
+            if first == "{" and "\n{" in js.buf[: 1 << 16]:  # several objects: JSON lines saved as .json
+                yield from _iter_jsonl(path)
+                return
+            yield Malformed(f"{path.name}: {type(e).__name__}: {e}")
+            return
         if js.peek():  # a second object follows: JSON lines saved as .json
             del obj
             yield from _iter_jsonl(path)
@@ -249,31 +408,78 @@ def _iter_json(path: Path) -> Iterator[Any]:
         yield obj
 
 
+def _lines(f, path: Path) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, text or None, problem) of a binary file, each line read with a bound: an over-long line is
+    skipped to its end without being held, a line that is not UTF-8 is reported, never raised."""
+    n = 0
+    while True:
+        raw = f.readline(MAX_JSON_RECORD + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > MAX_JSON_RECORD and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(JSON_CHUNK)
+            yield n, None, f"line over {MAX_JSON_RECORD} bytes"
+            continue
+        try:
+            yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8"), ""
+        except UnicodeDecodeError as e:
+            yield n, None, f"bytes that are not UTF-8 ({e.reason} at byte {e.start})"
+
+
 def _iter_jsonl(path: Path, want: Callable[[int], bool] | None = None) -> Iterator[Any]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    if not is_regular(path):
+        yield Malformed(f"{path.name}: not a regular file")
+        return
+    with open(path, "rb") as f:
+        for n, line, problem in _lines(f, path):
+            if line is not None and not line.strip():
                 continue
             if want is not None and not want(n):
                 yield SKIPPED
                 continue
+            if line is None:
+                yield Malformed(f"{path.name}:{n}: {problem}")
+                continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Malformed(f"{path.name}:{n}: {e}")
+                obj = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+                yield Malformed(f"{path.name}:{n}: {why}")
+                continue
+            problem = _encoding_problem(line, obj)
+            yield Malformed(f"{path.name}:{n}: {problem}") if problem else obj
 
 
-def read_file(path: Path, want: Callable[[int], bool] | None = None) -> Iterator[Any]:
-    """Rows of a JSON array / JSON lines / parquet / CSV file, streamed (never the whole file in memory); an
-    unparsable line yields :class:`Malformed`. ``want(i)`` (row index within the file) lets a shard skip the rows
-    of other shards cheaply: such rows yield :data:`SKIPPED` (JSON lines are not parsed, parquet batches without a
-    wanted row are not converted to Python)."""
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix in (".gz",) else path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _iter_csv(path: Path) -> Iterator[Any]:
+    with _open_text(path) as f:
+        reader = csv.DictReader(f)
+        n = 0
+        while True:
+            n += 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield Malformed(f"{path.name} row {n}: {e}")
+                if n > 10 and reader.line_num == 0:
+                    return
+                continue
+            if any(isinstance(v, str) and _RAW_SURROGATE.search(v) for v in row.values()) or \
+                    any(k and _RAW_SURROGATE.search(k) for k in row if isinstance(k, str)):
+                yield Malformed(f"{path.name} row {n}: bytes that are not UTF-8")
+                continue
+            yield row
 
+
+def _iter_parquet(path: Path, want: Callable[[int], bool] | None) -> Iterator[Any]:
+    import pyarrow.parquet as pq
+
+    i = 0
+    try:
         pf = pq.ParquetFile(path)
-        i = 0
         for batch in pf.iter_batches(batch_size=1024):
             n = batch.num_rows
             if want is not None and not any(want(j) for j in range(i, i + n)):
@@ -282,13 +488,31 @@ def read_file(path: Path, want: Callable[[int], bool] | None = None) -> Iterator
                 for j, row in enumerate(batch.to_pylist(), i):
                     yield row if want is None or want(j) else SKIPPED
             i += n
+    except Exception as e:  # noqa: BLE001  pyarrow raises its own types (ArrowInvalid, OSError) for damaged files
+        yield Malformed(f"{path.name} after row {i}: {type(e).__name__}: {e}; the rest of the file is not read")
+
+
+def read_file(path: Path, want: Callable[[int], bool] | None = None) -> Iterator[Any]:
+    """Rows of a JSON array / JSON lines / parquet / CSV file, streamed (never the whole file in memory); an
+    unparsable line or damaged part yields :class:`Malformed` (the readable rows are kept). ``want(i)`` (row index
+    within the file) lets a shard skip the rows of other shards cheaply: such rows yield :data:`SKIPPED` (JSON lines
+    are not parsed, parquet batches without a wanted row are not converted to Python)."""
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix in (".gz",) else path.suffix.lower()
+    if not is_regular(path):
+        yield Malformed(f"{path}: not a regular file")
         return
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            yield from csv.DictReader(f)
-        return
-    if suffix == ".json":
-        yield from _iter_json(path)
+    try:
+        if suffix == ".parquet":
+            yield from _iter_parquet(path, want)
+            return
+        if suffix == ".csv":
+            yield from _iter_csv(path)
+            return
+        if suffix == ".json":
+            yield from _iter_json(path)
+            return
+    except OSError as e:
+        yield Malformed(f"{path.name}: {e}")
         return
     if want is None:
         yield from _iter_jsonl(path)
@@ -332,8 +556,9 @@ def iter_records(ctx: SourceContext) -> Iterator[tuple[str, int, Any]]:
     for path in data_files(ctx):
         n = 0
         local = None if want is None else (lambda j, o=offset: want(o + j))
+        label = FileLabel(path)
         for n, row in enumerate(read_file(path, local), 1):
-            yield path.stem, n - 1, row
+            yield label, n - 1, row
         offset += n
 
 
@@ -525,9 +750,29 @@ def as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def where(label: Any, i: int) -> str:
+    """``<file name> row <i>``: where a record came from, for drop details."""
+    return f"{getattr(label, 'file', label)} row {i}"
+
+
+def failure(e: BaseException) -> tuple[str, str]:
+    """(reason, detail) for any exception converting one record: the record is dropped, the source goes on."""
+    if isinstance(e, (RecordError, ImageError)):
+        return e.reason, e.detail
+    if isinstance(e, RecursionError):
+        return "malformed_record", "nested too deeply"
+    if isinstance(e, UnicodeError):
+        return "bad_encoding", f"{type(e).__name__}: {e}"
+    if isinstance(e, MemoryError):
+        return "record_too_large", "out of memory converting it"
+    return "convert_error", f"{type(e).__name__}: {str(e)[:300]}"
+
+
 def run_adapter(ctx: SourceContext, records: Iterable[tuple[str, int, Any]], convert) -> Iterator[Sample | Drop]:
-    """Call ``convert(ctx, label, index, record)`` per record, turning every expected failure into a Drop. Under a
-    :class:`RowScope` only the wanted rows are converted (the others yield nothing)."""
+    """Call ``convert(ctx, label, index, record)`` per record. Per-record isolation: ANY exception while
+    converting one record (a bad value, an unreadable image, recursion, encoding...) becomes that record's Drop,
+    whose detail starts with the file and row; the other records go on. Under a :class:`RowScope` only the wanted
+    rows are converted (the others yield nothing)."""
     scope = ROW_SCOPE.get()
     want = scope.want if scope is not None else None
     for ordinal, (label, i, rec) in enumerate(records):
@@ -540,19 +785,31 @@ def run_adapter(ctx: SourceContext, records: Iterable[tuple[str, int, Any]], con
             yield ctx.drop(fallback, "malformed_record", rec.detail)
             continue
         if not isinstance(rec, dict):
-            yield ctx.drop(fallback, "malformed_record", f"row is {type(rec).__name__}, not an object")
+            yield ctx.drop(fallback, "malformed_record", f"{where(label, i)}: row is {type(rec).__name__}, "
+                                                         "not an object")
             continue
         try:
-            yield convert(ctx, label, i, rec)
-        except RecordError as e:
-            yield ctx.drop(native_id(rec, fallback), e.reason, e.detail)
-        except ImageError as e:
-            yield ctx.drop(native_id(rec, fallback), e.reason, e.detail)
+            out = convert(ctx, label, i, rec)
+        except Exception as e:  # noqa: BLE001  isolation: one record never stops the source
+            reason, detail = failure(e)
+            try:
+                native = native_id(rec, fallback)
+            except Exception:  # noqa: BLE001
+                native = fallback
+            yield ctx.drop(native, reason, f"{where(label, i)}: {detail}")
+            continue
+        if isinstance(out, Drop) and not out.detail.startswith(where(label, i)):
+            out.detail = f"{where(label, i)}: {out.detail}"
+        yield out
 
 
 def native_id(rec: dict, fallback: str) -> str:
     for key in ("id", "uid", "question_id", "image_id"):
         v = rec.get(key)
-        if not missing(v) and isinstance(v, (str, int)):
-            return str(v)
+        if isinstance(v, bool) or not isinstance(v, (str, int)) or missing(v):
+            continue
+        v = str(v)
+        if "\x00" in v or "\n" in v or len(v) > 512:  # an id must fit on one line of an index, as itself
+            continue
+        return v
     return fallback
