@@ -1,5 +1,6 @@
-"""Box conversions to the Qwen2-VL [0, 1000) grid: clamping, swapped corners, floats vs ints, degenerate boxes,
-COCO / VOC / YOLO, Qwen-VL tags, mask bounding boxes."""
+"""Box conversions to the Qwen2-VL [0, 1000) grid: rounding at the edge clamped, everything else (swapped corners,
+zero or negative size, boxes outside the image or past [0, 1]) refused, never invented; floats vs ints, COCO / VOC /
+YOLO, Qwen-VL tags, mask bounding boxes."""
 
 from __future__ import annotations
 
@@ -34,18 +35,25 @@ def test_grid_box_clamps_1000_to_999_and_keeps_order():
     assert grid_box(10.4, 10.6, 20.5, 30.49) == (10, 11, 20, 30)
 
 
-def test_swapped_corners_are_sorted():
-    assert grid_box(500, 600, 100, 200) == (100, 200, 500, 600)
-    assert from_pixels(80, 90, 20, 10, 100, 100) == (200, 100, 800, 900)
+@pytest.mark.parametrize("box", [
+    (500, 600, 100, 200),  # swapped corners: negative width and height
+    (100, 200, 50, 300),  # negative width only
+    (5, 5, 5, 5),  # zero area
+    (999, 999, 999, 999),
+    (1000, 0, 1000, 10),  # zero width at the border
+])
+def test_inverted_and_zero_size_boxes_are_refused(box):
+    with pytest.raises(BoxError):
+        grid_box(*box)
+    with pytest.raises(BoxError):
+        from_pixels(80, 90, 20, 10, 100, 100)
 
 
 @pytest.mark.parametrize("box,expected", [
-    ((5, 5, 5, 5), (5, 5, 6, 6)),  # zero area: widened by one step
-    ((999, 999, 999, 999), (998, 998, 999, 999)),  # at the border: widened inwards
-    ((1000, 0, 1000, 10), (998, 0, 999, 10)),
-    ((0, 0, 0.2, 0.3), (0, 0, 1, 1)),
+    ((0, 0, 0.2, 0.3), (0, 0, 1, 1)),  # a real extent below one grid step: rounding, one step
+    ((998.7, 10, 999.2, 20), (998, 10, 999, 20)),  # at the border: widened inwards
 ])
-def test_degenerate_boxes_become_valid(box, expected):
+def test_sub_step_boxes_round_to_one_step(box, expected):
     assert grid_box(*box) == expected and valid(expected)
 
 
@@ -57,8 +65,11 @@ def test_off_grid_values_raise(box):
 
 def test_pixels_to_grid_and_pixel_clamping():
     assert from_pixels(0, 0, 640, 480, 640, 480) == (0, 0, 999, 999)
-    assert from_pixels(-3, -1, 700, 500, 640, 480) == (0, 0, 999, 999)  # annotation spills outside the image
+    assert from_pixels(-1, -0.5, 641, 480.7, 640, 480) == (0, 0, 999, 999)  # 1-px rounding at the edge: clamped
     assert from_pixels(1, 1, 2, 2, 4000, 3000) == (0, 0, 1, 1)  # tiny box on a large image stays non-degenerate
+    for bad in [(-3, -1, 700, 500), (650, 10, 700, 50), (10, 490, 50, 600), (-50, -50, -10, -10)]:
+        with pytest.raises(BoxError):  # spilling far outside, or wholly outside: never clamped into a sliver
+            from_pixels(*bad, 640, 480)
     with pytest.raises(BoxError):
         from_pixels(0, 0, 1, 1, 0, 100)
 
@@ -75,15 +86,19 @@ def test_coco_voc_yolo_agree():
         yolo_box(0.5, 0.5, -0.1, 0.2)
 
 
-def test_yolo_box_sticking_out_is_clipped():
-    assert yolo_box(0.95, 0.05, 0.2, 0.2) == (850, 0, 999, 150)
+def test_yolo_box_sticking_out_is_refused_rounding_is_clamped():
+    with pytest.raises(BoxError):
+        yolo_box(0.95, 0.05, 0.2, 0.2)
+    assert yolo_box(0.9002, 0.1, 0.2, 0.2) == (800, 0, 999, 200)  # 0.0002 past the edge: rounding
 
 
 def test_unit_floats():
     assert from_unit(0.5439, 0.0557, 0.7109, 0.2549) == (544, 56, 711, 255)
     assert from_unit(0, 0, 1, 1) == (0, 0, 999, 999)
-    with pytest.raises(BoxError):
-        from_unit(0, 0, 1.2, 1)
+    assert from_unit(0, 0, 1.0004, 1) == (0, 0, 999, 999)  # within half a grid step: rounding
+    for bad in [(0, 0, 1.2, 1), (0, 0, 1.01, 1), (0.5, 0.5, 0.2, 0.9), (-0.01, 0, 0.5, 0.5)]:
+        with pytest.raises(BoxError):
+            from_unit(*bad)
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -91,10 +106,19 @@ def test_unit_floats():
     (("0.5439", "0.0557", "0.7109", "0.2549"), (544, 56, 711, 255)),  # 0-1 floats
     (("0", "0", "1", "1"), (0, 0, 1, 1)),  # ints never rescaled, even when <= 1
     (("12.5", "30.0", "400.7", "999.9"), (12, 30, 401, 999)),  # floats above 1: grid values
-    (("1.0", "0.5", "0.25", "0.0"), (250, 0, 999, 500)),  # swapped normalised corners
 ])
 def test_qwenvl_scale_detection(raw, expected):
     assert qwenvl_box_values(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [
+    ("0.5", "0.5", "1.02", "0.9"),  # a normalised box slightly past 1: not a speck in the grid's corner
+    ("1.0", "0.5", "0.25", "0.0"),  # swapped normalised corners
+    ("700", "100", "300", "400"),  # swapped grid corners
+])
+def test_qwenvl_bad_boxes_raise(raw):
+    with pytest.raises(BoxError):
+        qwenvl_box_values(raw)
 
 
 def test_qwenvl_tags_to_qwen2vl_tokens():

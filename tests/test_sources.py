@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from aloevision.config import SourceConfig
 from aloevision.images import image_size, read_image_bytes, split_ref
 from aloevision.schema import Drop, Sample
-from aloevision.sources import ADAPTERS, MODULES, read_source
+from aloevision.sources import ADAPTERS, MODULES, allowed_roots, read_source, source_inventory
 from aloevision.sources.boxes import parse_qwen2vl_boxes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,42 +178,75 @@ def mask_png(size, rect) -> bytes:
     return buf.getvalue()
 
 
-def test_mecovqa_regions_and_grounding(tmp_path):
+def test_mecovqa_release_tree_regions_grounding_and_merged_masks(tmp_path):
+    # The release: MeCoVQA/train/MeCoVQA-{Complex,Region,Grounding}.json next to SA-Med2D's SAMed2Dv1/ tree.
     root = tmp_path / "SAMed2Dv1"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
-    (root / "images" / "ct_1.png").write_bytes(png(size=(200, 100)))
+    stem = "ct_00--CTSpine1K_Full--case1--z_0288"
+    (root / "images" / f"{stem}.png").write_bytes(png(size=(200, 100)))
+    (root / "images" / "ct_small.png").write_bytes(png(size=(100, 100)))
     (root / "masks" / "ct_1_liver.png").write_bytes(mask_png((200, 100), (20, 10, 59, 49)))
     (root / "masks" / "empty.png").write_bytes(mask_png((200, 100), None))
+    # Two objects of class 0005: the merged mask (not shipped) is their union; class 0006 has different sizes.
+    (root / "masks" / f"{stem}--0005_000.png").write_bytes(mask_png((200, 100), (20, 10, 59, 49)))
+    (root / "masks" / f"{stem}--0005_001.png").write_bytes(mask_png((200, 100), (100, 60, 139, 89)))
+    (root / "masks" / f"{stem}--0006_000.png").write_bytes(mask_png((200, 100), (0, 0, 9, 9)))
+    (root / "masks" / f"{stem}--0006_001.png").write_bytes(mask_png((100, 50), (0, 0, 9, 9)))
     expected = "<|box_start|>(100,100),(300,500)<|box_end|>"  # cols 20..59 -> [20, 60) of 200 px
+    merged = "<|box_start|>(100,100),(700,900)<|box_end|>"  # union: cols 20..139, rows 10..89
+    img = f"images/{stem}.png"
     h = lambda v: {"from": "human", "value": v}
     g = lambda v: {"from": "gpt", "value": v}
-    complex_ = [{"id": "c1", "image": "images/ct_1.png", "conversations": [h("<image>\nWhat modality?"), g("CT.")],
+    complex_ = [{"id": "c1", "image": img, "conversations": [h("<image>\nWhat modality?"), g("CT.")],
                  "answer_type": "open"}]
-    region = [{"id": "r1", "image": "images/ct_1.png",  # no <image>: prepended
+    region = [{"id": "r1", "image": img,  # no <image>: prepended
+               "conversations": [h("What is in <region>masks/ct_1_liver.png</region>?"), g("The liver.")]},
+              {"id": "r2", "image": "images/ct_small.png",  # the mask is 200x100, the image 100x100
                "conversations": [h("What is in <region>masks/ct_1_liver.png</region>?"), g("The liver.")]}]
     grounding = [
-        {"id": "g1", "image": "images/ct_1.png",
+        {"id": "g1", "image": img,
          "conversations": [h("<image>\nSegment the liver."), g("It is <SEG><mask>masks/ct_1_liver.png</mask>.")]},
-        {"id": "g2", "image": "images/ct_1.png",
-         "conversations": [h("<image>\nSegment."), g("<SEG><mask>masks/empty.png</mask>")]},
-        {"id": "g3", "image": "images/ct_1.png", "conversations": [h("<image>\nSegment."), g("Here <SEG>")]},
-        {"id": "g4", "image": "images/ct_1.png",
-         "conversations": [h("<image>\nSegment."), g("<SEG><mask>masks/nope.png</mask>")]},
+        {"id": "g2", "image": img, "conversations": [h("<image>\nSegment."), g("<SEG><mask>masks/empty.png</mask>")]},
+        {"id": "g3", "image": img, "conversations": [h("<image>\nSegment."), g("Here <SEG>")]},
+        {"id": "g4", "image": img, "conversations": [h("<image>\nSegment."), g("<SEG><mask>masks/nope.png</mask>")]},
+        {"id": "g5", "image": img, "conversations": [
+            h("<image>\nSegment the vertebra."), g(f"<SEG><mask>masks_merged/{stem}--0005_merged.png</mask>")]},
+        {"id": "g6", "image": img, "conversations": [
+            h("<image>\nSegment."), g(f"<SEG><mask>masks_merged/{stem}--0006_merged.png</mask>")]},
+        {"id": "g7", "image": img, "conversations": [
+            h("<image>\nSegment."), g(f"<SEG><mask>masks_merged/{stem}--0009_merged.png</mask>")]},
     ]
-    (tmp_path / "MeCoVQA_Complex+Region_VQA_train+Public_VQA.json").write_text(json.dumps(complex_ + region))
-    (tmp_path / "MeCoVQA_Grounding_train.json").write_text(json.dumps(grounding))
-    samples, drops = run(src("mecovqa", "mecovqa", tmp_path, boxes=True))
+    train = tmp_path / "MeCoVQA" / "train"
+    train.mkdir(parents=True)
+    (tmp_path / "MeCoVQA" / "test").mkdir()
+    (train / "MeCoVQA-Complex.json").write_text(json.dumps(complex_))
+    (train / "MeCoVQA-Region.json").write_text(json.dumps(region))
+    (train / "MeCoVQA-Grounding.json").write_text(json.dumps(grounding))
+    (tmp_path / "MeCoVQA" / "test" / "MeCoVQA_Complex_VQA_test.json").write_text(json.dumps(complex_))
+    cfg = src("mecovqa", "mecovqa", tmp_path, boxes=True)
+    inv = source_inventory(cfg)
+    assert inv["missing_files"] == [] and inv["files"]["MeCoVQA/train/MeCoVQA-Region.json"]["count"] == 1
+    samples, drops = run(cfg)
     assert parts(samples["mecovqa/c1"], 0) == ["image", "What modality?"]
-    assert samples["mecovqa/c1"].meta == {"task": "vqa", "answer_type": "open",
-                                          "file": "MeCoVQA_Complex+Region_VQA_train+Public_VQA"}
+    assert samples["mecovqa/c1"].meta == {"task": "vqa", "answer_type": "open", "file": "MeCoVQA-Complex"}
     r1 = samples["mecovqa/r1"]
     assert parts(r1, 0) == ["image", f"What is in {expected}?"] and r1.meta["task"] == "region"
     g1 = samples["mecovqa/g1"]
     assert parts(g1, 1) == [f"It is {expected}."] and g1.meta["task"] == "grounding"
+    assert parts(samples["mecovqa/g5"], 1) == [merged]
+    assert drops["mecovqa/r2"].reason == "bad_mask"  # never a box in the mask's coordinates
     assert drops["mecovqa/g2"].reason == "empty_mask"
     assert drops["mecovqa/g3"].reason == "malformed_record"
     assert drops["mecovqa/g4"].reason == "missing_image"
+    assert drops["mecovqa/g6"].reason == "bad_mask"
+    assert drops["mecovqa/g7"].reason == "missing_image"
+    assert "MeCoVQA-Grounding.json row" in drops["mecovqa/g4"].detail  # every drop names its file and row
+    assert len(samples) + len(drops) == 10  # the test/ folder is not read
+
+    # One file missing from the download: reported before reading, the others are read.
+    (train / "MeCoVQA-Region.json").unlink()
+    assert source_inventory(cfg)["missing_files"] == ["MeCoVQA/train/MeCoVQA-Region.json"]
 
 
 # -------------------------------------------------------------------------------------------------- Med-GRIT
@@ -326,15 +359,20 @@ def test_cambrian_text_only_variants_and_per_source_tars(tmp_path):
     assert samples["cambrian/sys"].messages[0] == {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
 
 
-def test_cambrian_llava_boxes_option(tmp_path):
+def test_cambrian_llava_boxes_converted_by_default(tmp_path):
     (tmp_path / "jsons").mkdir()
-    row = {"id": "r", "conversations": [{"from": "human", "value": "Where is the dog?"},
-                                        {"from": "gpt", "value": "[0.1, 0.2, 0.55, 0.9]"}]}
-    (tmp_path / "jsons" / "Cambrian10M.jsonl").write_text(json.dumps(row) + "\n")
-    off, _ = run(src("cambrian", "cambrian", tmp_path))
-    on, _ = run(src("cambrian", "cambrian", tmp_path, options={"llava_boxes": True}))
+    conv = lambda a: [{"from": "human", "value": "Where is the dog?"}, {"from": "gpt", "value": a}]
+    rows = [{"id": "r", "conversations": conv("[0.1, 0.2, 0.55, 0.9]")},
+            {"id": "past", "conversations": conv("[0.1, 0.2, 1.05, 0.9]")},  # a normalised box past 1
+            {"id": "inv", "conversations": conv("[0.6, 0.2, 0.55, 0.9]")},  # x2 < x1
+            {"id": "ints", "conversations": conv("The counts are [0, 1, 0, 1] and [3.5, 4.0, 7.2, 9.9].")}]
+    (tmp_path / "jsons" / "Cambrian10M.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    on, drops = run(src("cambrian", "cambrian", tmp_path))  # the default: one box format in the mixture
+    off, _ = run(src("cambrian", "cambrian", tmp_path, options={"llava_boxes": False}))
     assert off["cambrian/r"].texts("assistant") == ["[0.1, 0.2, 0.55, 0.9]"]
     assert on["cambrian/r"].texts("assistant") == ["<|box_start|>(100,200),(550,900)<|box_end|>"]
+    assert drops["cambrian/past"].reason == "bad_box" and drops["cambrian/inv"].reason == "bad_box"
+    assert on["cambrian/ints"].texts("assistant") == ["The counts are [0, 1, 0, 1] and [3.5, 4.0, 7.2, 9.9]."]
 
 
 # ----------------------------------------------------------------------------------------- Aloe text, Magpie
@@ -454,12 +492,21 @@ def test_source_configs_compose_into_the_schema():
     for name in names:
         raw = OmegaConf.load(REPO / "conf" / "source" / f"{name}.yaml")
         raw.pop("defaults", None)
+        # Options that interpolate the run's paths resolve only in the full config (checked below).
+        opts = OmegaConf.to_container(raw.get("options") or OmegaConf.create({}), resolve=False)
+        raw.options = {k: v for k, v in opts.items() if not (isinstance(v, str) and "${" in v)}
         cfg = OmegaConf.merge(OmegaConf.structured(SourceConfig), raw)
         assert cfg.adapter in ADAPTERS and cfg.name == name
         assert cfg.domain in ("medical", "general") and cfg.modality in ("multimodal", "text")
         mod = MODULES[cfg.adapter]
         assert mod.DEFAULT_FILES and mod.__doc__ and "Native layout" in mod.__doc__
     assert OmegaConf.load(REPO / "conf" / "source" / "medtrinity.yaml").cap == 400000
+    from conftest import compose
+
+    full = compose(["mixture=final"], root=Path("/tmp/x-root"))
+    med = OmegaConf.to_container(full.mixture.sources.medtrinity, resolve=True)
+    assert med["options"]["image_cache"] == "/tmp/x-root/outputs/cache/images"  # inside the artifact cache
+    assert full.mixture.sources.cambrian.options.llava_boxes is True
 
 
 def test_nan_literal_in_jsonl_is_text_only(tmp_path):
@@ -511,8 +558,10 @@ def test_demo_data_reads_with_default_settings(demo_dir):
         raw = OmegaConf.load(conf)
         raw.pop("defaults", None)
         raw.path = str(demo_dir / conf.stem)
+        if "image_cache" in (raw.get("options") or {}):  # ${paths.cache_dir}/images in the composed config
+            raw.options.image_cache = str(demo_dir.parent / "cache" / "images")
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SourceConfig), raw))
-        out = list(counter.count(clean(read_source(cfg), default_rules(roots=[cfg.path]))))
+        out = list(counter.count(clean(read_source(cfg), default_rules(roots=allowed_roots(cfg)))))
         assert any(isinstance(o, Sample) for o in out), conf.stem
     report = counter.to_dict()
     expected: dict[tuple[str, str], int] = {}

@@ -37,7 +37,10 @@ def _context(src):
     from aloevision.sources.base import SourceContext
 
     mod = MODULES[src.adapter]
-    return SourceContext.from_config(src, mod.DEFAULT_FILES, mod.DEFAULT_IMAGES)
+    ctx = SourceContext.from_config(src, mod.DEFAULT_FILES, mod.DEFAULT_IMAGES)
+    if hasattr(mod, "config_files"):
+        mod.config_files(ctx, src)
+    return ctx
 
 
 def source_inventory(src) -> dict:
@@ -45,7 +48,8 @@ def source_inventory(src) -> dict:
     :func:`aloevision.sources.base.inventory`)."""
     from aloevision.sources.base import inventory
 
-    return inventory(_context(src))
+    layouts = None if list(getattr(src, "files", None) or []) else getattr(MODULES[src.adapter], "LAYOUTS", None)
+    return inventory(_context(src), layouts)
 
 
 def allowed_roots(src) -> list[str]:

@@ -137,9 +137,11 @@ def data_files(ctx: SourceContext) -> list[Path]:
     return out
 
 
-def inventory(ctx: SourceContext) -> dict[str, Any]:
+def inventory(ctx: SourceContext, layouts: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
     """What a source will read, before reading it: per ``files`` pattern and per ``images`` entry, the paths it
-    matched (at most 5 shown, with the count) or that it matched nothing. Logged by :func:`read_source`."""
+    matched (at most 5 shown, with the count) or that it matched nothing. ``layouts`` (alternative file sets of a
+    release, e.g. MeCoVQA's folder names): ``missing_files`` lists what the best-matching one lacks. Logged by
+    :func:`aloevision.sources.read_source`."""
     root = Path(ctx.path)
     if not ctx.is_local:
         return {"path": ctx.path, "hub": True, "image_root": ctx.options.get("image_root")}
@@ -153,8 +155,11 @@ def inventory(ctx: SourceContext) -> dict[str, Any]:
     images = {pat: matched(ctx.root, pat) for pat in [x.strip() for x in (ctx.images or "").split(",") if x.strip()]}
     def summary(d: dict[str, list[str]]) -> dict[str, Any]:
         return {k: {"count": len(v), "first": v[:5]} for k, v in d.items()}
-    return {"path": ctx.path, "files": summary(files), "images": summary(images),
-            "missing_files": [k for k, v in files.items() if not v],
+    missing_files = [k for k, v in files.items() if not v]
+    if layouts:
+        best = max(layouts, key=lambda lay: sum(bool(files.get(p)) for p in lay))
+        missing_files = [p for p in best if not files.get(p)]
+    return {"path": ctx.path, "files": summary(files), "images": summary(images), "missing_files": missing_files,
             "missing_images": [k for k, v in images.items() if not v]}
 
 
@@ -549,6 +554,9 @@ def iter_records(ctx: SourceContext) -> Iterator[tuple[str, int, Any]]:
         import datasets  # the Hub is only reachable on clusters; tests and the demo use local files
 
         ds = datasets.load_dataset(ctx.path, ctx.hf_config, split=ctx.split, streaming=True)
+        for col, feat in (ds.features or {}).items():  # embedded images as {"bytes", "path"}, never decoded here
+            if isinstance(feat, datasets.Image):
+                ds = ds.cast_column(col, datasets.Image(decode=False))
         for i, row in enumerate(ds):
             yield ctx.hf_config or "hf", i, (row if want is None or want(i) else SKIPPED)
         return

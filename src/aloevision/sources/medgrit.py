@@ -2,8 +2,9 @@
 
 Native layout (default ``files`` / ``images``)::
 
-    <path>/*train*.json          e.g. 0301_CombinedAll_7.5w_train1_chatlm_img_coord2.json (JSON array)
-    <path>/images/<id>.png       SA-Med2D-20M images (or inside <path>/*.zip / *.tar / *.tar.gz)
+    <path>/*train*.json                e.g. 0301_CombinedAll_7.5w_train1_chatlm_img_coord2.json (JSON array)
+    <path>/SAMed2Dv1/images/<id>.png   SA-Med2D-20M images where SA-Med2D-16M.zip extracts them
+    (or <path>/images/<id>.png, or inside <path>/*.zip / *.tar / *.tar.gz)
 
 Record (Qwen-VL "chatml" variant): ``{"id": "ct_00012", "conversations": [[question, answer], ...]}`` where the
 question carries the image as ``<img>path</img>``; ``{"from", "value"}`` dict turns are accepted too. The path in
@@ -29,7 +30,7 @@ from aloevision.sources.base import (
 from aloevision.sources.boxes import BoxError, qwenvl_to_qwen2vl
 
 DEFAULT_FILES = ["*train*.json"]
-DEFAULT_IMAGES = "images,*.zip,*.tar,*.tar.gz"
+DEFAULT_IMAGES = "SAMed2Dv1/images,images,*.zip,*.tar,*.tar.gz"
 IMG_RE = re.compile(r"<img>\s*(.*?)\s*</img>", re.S)
 TASK_RE = re.compile(r"(?:^|[_\W])(VG|ROC|RO|GC|MII)(?:[_\W]|$)")
 MODALITY_PREFIXES = ("ct", "mr", "x", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound")

@@ -3,8 +3,10 @@
 Native layout (default ``files`` / ``images``)::
 
     <path>/train.jsonl                        one JSON object per line
+    <path>/validation.jsonl                   (not read by default)
     <path>/images.tar.gz.aa ... .aq           split tarball (read as one archive, never extracted)
-    (or a whole <path>/images.tar.gz, or an extracted <path>/images/ folder)
+    <path>/slake.tar.gz                       the SLAKE images some rows point at (read as an archive too)
+    (or a whole <path>/images.tar.gz, or extracted <path>/images/ and <path>/slake/ folders)
 
 Record: ``{"text": str, "tokens": [...], "image_path": str, "task": str, "source": str, "credential": "yes"|"no"}``.
 ``text`` holds prompt and response in one string with ``<image>`` where images go.
@@ -29,7 +31,7 @@ from aloevision.sources.base import (
 )
 
 DEFAULT_FILES = ["train.jsonl"]
-DEFAULT_IMAGES = "images.tar.gz,images"
+DEFAULT_IMAGES = "images.tar.gz,slake.tar.gz,images,slake"
 SEPARATORS = ["<reserved08706>"]
 GENERATION_TASKS = {"image generation", "multimodal generation"}
 HF_ID = "mint-medmax/medmax_data"

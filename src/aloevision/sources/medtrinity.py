@@ -1,12 +1,21 @@
 """MedTrinity-25M (``UCSC-VLAA/MedTrinity-25M``), medical multimodal captions.
 
-Native layout (default ``files`` / ``images``)::
+Native layout: the release tree (a download of the Hub repo; default ``files`` / ``images``)::
 
-    <path>/**/*.parquet            metadata: file_name, caption, source (+ id) -- the 25M_full config
-    <path>/**/*.tar.zst            image shards (25M_accessible/*.tar.zst, or dataset_shard_*.tar.zst of -FULL),
-                                   members looked up by file_name (exact path, else by name)
-    (the 25M_demo config: parquet with an embedded ``image`` column {"bytes", "path"}; those bytes are written once
-    to a content-addressed cache, ``options.image_cache``, default ~/.cache/aloevision/images)
+    <path>/25M_full/*.parquet          metadata: file_name, caption, source (+ id)       -- hf_config 25M_full
+    <path>/25M_demo/*.parquet          ~161K rows with an embedded ``image`` column      -- hf_config 25M_demo
+    <path>/25M_accessible/*.tar.zst    image shards (or dataset_shard_*.tar.zst of MedTrinity-25M-FULL),
+                                       members looked up by file_name (exact path, else by name)
+
+Only the folder of the configured ``hf_config`` is read (a full download holds both configs: the demo's rows must
+not join the full set); with no such folder, every ``**/*.parquet`` under ``path``. Embedded image bytes (the demo
+config, or any row with an ``image`` {"bytes", "path"}) are written once to a content-addressed cache,
+``options.image_cache`` (conf/source/medtrinity.yaml: ``${paths.cache_dir}/images``, inside the artifact cache;
+else $ALOEVISION_IMAGE_CACHE or ~/.cache/aloevision/images), which is one of the source's allowed image roots.
+
+Hub-id setup (clusters with Hub access): ``path: UCSC-VLAA/MedTrinity-25M`` streams the ``hf_config`` rows (image
+features are read as bytes, not decoded) and ``options.image_root`` is the local folder holding the image shards;
+that folder is an allowed image root too.
 
 There is no question: the user turn is a synthesized prompt, ``options.prompts`` (list; one is picked per sample by
 a stable hash of its id) or ``options.prompt``. No boxes (numeric ROI boxes were never released). Rows without an
@@ -36,6 +45,11 @@ PROMPTS = [
 HF_ID = "UCSC-VLAA/MedTrinity-25M"
 
 
+def extra_roots(ctx: SourceContext) -> list[str]:
+    """Allowed image roots besides the source folder and ``options.image_root``: the embedded-image cache."""
+    return [image_cache(ctx)]
+
+
 def image_cache(ctx: SourceContext) -> str:
     return ctx.options.get("image_cache") or os.environ.get(
         "ALOEVISION_IMAGE_CACHE", str(Path.home() / ".cache" / "aloevision" / "images")
@@ -49,7 +63,7 @@ def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
     file_name = rec.get("file_name")
     native = rec.get("id") if not missing(rec.get("id")) else (file_name if not missing(file_name) else f"{label}:{i}")
     emb = rec.get("image")
-    if isinstance(emb, dict) and emb.get("bytes"):
+    if isinstance(emb, dict) and isinstance(emb.get("bytes"), (bytes, bytearray)) and emb["bytes"]:
         ref = materialize_bytes(emb["bytes"], image_cache(ctx), Path(str(emb.get("path") or "")).suffix)
     elif isinstance(emb, (bytes, bytearray)):
         ref = materialize_bytes(bytes(emb), image_cache(ctx))
@@ -73,4 +87,12 @@ def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
 
 def read(src) -> Iterator[Sample | Drop]:
     ctx = SourceContext.from_config(src, DEFAULT_FILES, DEFAULT_IMAGES)
+    config_files(ctx, src)
     return run_adapter(ctx, iter_records(ctx), convert)
+
+
+def config_files(ctx: SourceContext, src) -> None:
+    """Default ``files`` -> the configured ``hf_config``'s folder when the download has one."""
+    if not list(getattr(src, "files", None) or []) and ctx.hf_config and ctx.is_local and \
+            (Path(ctx.path) / ctx.hf_config).is_dir():
+        ctx.files = [f"{ctx.hf_config}/**/*.parquet"]
