@@ -134,3 +134,53 @@ def test_streaming_json_array_memory_is_bounded(tmp_path):
     size = path.stat().st_size
     assert size > 25 * 2**20
     assert out["delta"] < 12 * 2**20, f"peak RSS grew by {out['delta'] / 2**20:.1f} MiB reading a {size >> 20} MiB array"
+
+
+def test_duplicate_ids_first_kept_sharded_equals_unsharded(tmp_path, monkeypatch):
+    """Repeated ids become `duplicate_id` drops at ingest (the first row kept), before the cap, and a sharded +
+    capped ingest assembles exactly what the unsharded one keeps and drops."""
+    from aloevision import ingestion
+    from aloevision.config import SourceConfig
+
+    monkeypatch.setattr(ingestion, "SHARD_BLOCK", 3)
+    rows = []
+    for i in range(40):
+        rid = f"q{i % 25}"  # q0..q14 appear twice (rows i and i + 25)
+        rows.append({"id": rid, "conversations": [{"from": "human", "value": f"question {i}"},
+                                                  {"from": "gpt", "value": f"answer {i}"}]})
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def source(cap):
+        return SourceConfig(name="t", adapter="aloe_text", domain="medical", modality="text",
+                            path=str(tmp_path / "src"), cap=cap)
+
+    def unsharded(cap, name):
+        out = tmp_path / name
+        out.mkdir()
+        ingestion.ingest_source(source(cap), 0, out)
+        return out
+
+    plain = unsharded(None, "plain")
+    kept = [json.loads(l) for l in open(plain / "samples.jsonl")]
+    drops = [json.loads(l) for l in open(plain / "drops.jsonl")]
+    assert [s["meta"]["file"] for s in kept] == ["rows"] * 25
+    assert {s["id"] for s in kept} == {f"t/rows:q{i}" for i in range(25)}
+    assert [s["messages"][0]["content"][0]["text"] for s in kept][:15] == [f"question {i}" for i in range(15)]
+    assert [d["reason"] for d in drops] == ["duplicate_id"] * 15
+    assert json.loads((plain / "report.json").read_text())["drops"] == {"duplicate_id": 15}
+
+    whole = unsharded(10, "whole")
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"part{k}"
+        part.mkdir()
+        ingestion.build_part(source(10), 0, part, k, 3, 10)
+        parts.append(part)
+    asm = tmp_path / "asm"
+    asm.mkdir()
+    ingestion.assemble(parts, 10, asm, "t")
+    for f in ("samples.jsonl", "drops.jsonl", "report.json"):
+        assert (whole / f).read_bytes() == (asm / f).read_bytes(), f
+    rep = json.loads((whole / "report.json").read_text())
+    assert rep["rows_out"] == 10 and rep["drops"] == {"duplicate_id": 15, "source_cap": 15}

@@ -23,7 +23,7 @@ from aloevision.schema import Drop, Sample
 from aloevision.utils.fingerprint import data_stamp
 
 log = logging.getLogger(__name__)
-INGEST_VERSION = "2"  # bump when adapters or cleaning change what they produce
+INGEST_VERSION = "3"  # bump when adapters or cleaning change what they produce
 SHARD_BLOCK = 1024  # rows per block; blocks are dealt round-robin to the shards
 
 
@@ -56,20 +56,21 @@ def build_part(src_cfg, seed: int, out: Path, k: int = 0, n: int = 1, cap: int |
 
     - ``samples.jsonl`` kept samples, ``samples.idx`` one ``[ordinal, cap key, id, source]`` per sample;
     - ``drops.jsonl`` adapter/cleaning drops, ``drops.idx`` one ``[ordinal, reason, source]`` per drop;
-    - ``capped.idx`` ``[ordinal, id, source]`` of the samples over ``cap`` (the part keeps its ``cap`` samples with
+    - ``capped.idx`` ``[ordinal, id, source, cap key]`` of the samples over ``cap`` (the part keeps its ``cap`` samples with
       the smallest (key, ordinal): bottom-k of a union = bottom-k of the parts' bottom-k, so the assembly's global
       cap keeps exactly the unsharded set).
 
     Memory: one record at a time, plus O(cap) integers when capped (two passes over the part's own output, never
     the source)."""
     from aloevision.cleaning import clean, default_rules, sample_key
-    from aloevision.sources import read_source
+    from aloevision.sources import allowed_roots, read_source
     from aloevision.sources.base import ROW_SCOPE, RowScope
 
     scope = RowScope(want=None if n == 1 else (lambda o: row_block_shard(o, n) == k))
-    rules = default_rules(roots=[str(src_cfg.path)])
+    rules = default_rules(roots=allowed_roots(src_cfg))
     stem = "samples.all" if cap is not None else "samples"
     heap: list[tuple[int, int]] = []  # max-heap of (-key, -ordinal): the part's `cap` smallest so far
+    in_heap: set[int] = set()  # their keys: a repeated id (same key) never takes a second place
     rows = 0
     token = ROW_SCOPE.set(scope)
     try:
@@ -87,11 +88,13 @@ def build_part(src_cfg, seed: int, out: Path, k: int = 0, n: int = 1, cap: int |
                 key = sample_key(item.id, seed)
                 fs.write(item.to_json() + "\n")
                 fsi.write(json.dumps([o, key, item.id, item.source]) + "\n")
-                if cap is not None:
+                if cap is not None and key not in in_heap:
                     if len(heap) < cap:
                         heapq.heappush(heap, (-key, -o))
+                        in_heap.add(key)
                     elif cap and (key, o) < (-heap[0][0], -heap[0][1]):
-                        heapq.heapreplace(heap, (-key, -o))
+                        in_heap.discard(-heapq.heapreplace(heap, (-key, -o))[0])
+                        in_heap.add(key)
     finally:
         ROW_SCOPE.reset(token)
     with open(out / "capped.idx", "w") as fc:
@@ -101,12 +104,12 @@ def build_part(src_cfg, seed: int, out: Path, k: int = 0, n: int = 1, cap: int |
             with open(out / "samples.all.jsonl") as fa, open(out / "samples.all.idx") as fai, \
                     open(out / "samples.jsonl", "w") as fs, open(out / "samples.idx", "w") as fsi:
                 for line, idx in zip(fa, fai):
-                    o, _, sid, source = json.loads(idx)
+                    o, key, sid, source = json.loads(idx)
                     if o in kept:
                         fs.write(line)
                         fsi.write(idx)
                     else:
-                        fc.write(json.dumps([o, sid, source]) + "\n")
+                        fc.write(json.dumps([o, sid, source, key]) + "\n")
             (out / "samples.all.jsonl").unlink()
             (out / "samples.all.idx").unlink()
     info = {"shard": [k, n], "block": SHARD_BLOCK, "rows": rows, "cap": cap}
@@ -119,9 +122,11 @@ def assemble(parts: list[Path], cap: int | None, out: Path, name: str) -> dict[s
     global cap applied, the report counted. Reads only the parts, never the source; memory O(parts + cap)."""
     from aloevision.cleaning import DropCounter
 
+    dups = duplicate_ordinals(parts)
     kept: set[int] | None = None
     if cap is not None:
-        smallest = heapq.nsmallest(cap, ((key, o) for p in parts for o, key, _, _ in _jsonl(p / "samples.idx")))
+        smallest = heapq.nsmallest(cap, ((key, o) for p in parts for o, key, _, _ in _jsonl(p / "samples.idx")
+                                         if o not in dups))
         kept = {o for _, o in smallest}
         del smallest
     counter = DropCounter()
@@ -140,10 +145,12 @@ def assemble(parts: list[Path], cap: int | None, out: Path, name: str) -> dict[s
                 rec = json.loads(idx)
                 yield rec[0], line, rec
 
-    evicted = out / ".evicted.idx"
-    with open(out / "samples.jsonl", "w") as fs, open(evicted, "w") as fe:
+    evicted, duplicated = out / ".evicted.idx", out / ".duplicates.jsonl"
+    with open(out / "samples.jsonl", "w") as fs, open(evicted, "w") as fe, open(duplicated, "w") as fdup:
         for o, line, (_, _, sid, source) in heapq.merge(*(lines(p, "samples") for p in parts), key=lambda t: t[0]):
-            if kept is None or o in kept:
+            if o in dups:
+                fdup.write(json.dumps([o, sid, source]) + "\n")
+            elif kept is None or o in kept:
                 fs.write(line)
                 counter.rows_in[source] += 1
                 counter.rows_out[source] += 1
@@ -152,20 +159,32 @@ def assemble(parts: list[Path], cap: int | None, out: Path, name: str) -> dict[s
     kept = None
 
     def capped(path: Path):
-        for o, sid, source in _jsonl(path):
+        for o, sid, source, *_ in _jsonl(path):
             yield o, sid, source
 
+    def duplicates():  # repeated ids (a shard's capped rows included), as drop lines in row order
+        capped_dups = ((o, sid, source) for p in parts for o, sid, source in capped(p / "capped.idx") if o in dups)
+        for o, sid, source in heapq.merge(capped(duplicated), sorted(capped_dups), key=lambda t: t[0]):
+            d = Drop(sid, source, "duplicate_id", f"id already used by an earlier row (row {o} of the source dropped; "
+                                                  "the first is kept)")
+            line = json.dumps(d.to_dict()) + "\n"
+            yield o, line, [o, "duplicate_id", source]
+
     with open(out / "drops.jsonl", "w") as fd:
-        for _, line, (_, reason, source) in heapq.merge(*(lines(p, "drops") for p in parts), key=lambda t: t[0]):
+        for _, line, (_, reason, source) in heapq.merge(*(lines(p, "drops") for p in parts), duplicates(),
+                                                        key=lambda t: t[0]):
             fd.write(line)
             drop_counted(source, reason, lambda line=line: _example(json.loads(line)))
         # The cap comes last (as it did in a single pass): its drops follow, in row order.
-        for _, sid, source in heapq.merge(*(capped(p / "capped.idx") for p in parts), capped(evicted),
+        for o, sid, source in heapq.merge(*(capped(p / "capped.idx") for p in parts), capped(evicted),
                                           key=lambda t: t[0]):
+            if o in dups:
+                continue
             d = Drop(sid, source, "source_cap", cap_detail)
             fd.write(json.dumps(d.to_dict()) + "\n")
             drop_counted(source, "source_cap", lambda d=d: _example(d.to_dict()))
     evicted.unlink()
+    duplicated.unlink()
     per_source = counter.to_dict()
     report = per_source.get(name) or {"rows_in": 0, "rows_out": 0, "drops": {}, "examples": {}}
     if len(per_source) > 1:  # an adapter that labels samples with several source names
@@ -175,6 +194,49 @@ def assemble(parts: list[Path], cap: int | None, out: Path, name: str) -> dict[s
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(counter.markdown() + "\n")
     return report
+
+
+def duplicate_ordinals(parts: list[Path]) -> set[int]:
+    """Ordinals of the samples whose id an earlier row (smaller ordinal) of the source already used: the first is
+    kept, the rest become ``duplicate_id`` drops. Candidates come from the 64-bit cap keys (a hash of the id, stored in
+    the parts' indexes; 16 bytes per sample in numpy arrays), then are confirmed on the ids themselves."""
+    from array import array
+
+    import numpy as np
+
+    keys, ords = array("Q"), array("q")
+    for p in parts:
+        for o, key, _, _ in _jsonl(p / "samples.idx"):
+            keys.append(key)
+            ords.append(o)
+        for o, _, _, key in _jsonl(p / "capped.idx"):
+            keys.append(key)
+            ords.append(o)
+    if len(keys) < 2:
+        return set()
+    k = np.frombuffer(keys, dtype=np.uint64)
+    o = np.frombuffer(ords, dtype=np.int64)
+    order = np.argsort(k, kind="stable")
+    ks = k[order]
+    same = ks[1:] == ks[:-1]
+    if not same.any():
+        return set()
+    flag = np.zeros(len(ks), dtype=bool)
+    flag[1:] |= same
+    flag[:-1] |= same
+    candidates = set(o[order[flag]].tolist())
+    del keys, ords, k, o, order, ks
+    first: dict[str, int] = {}
+    dups: set[int] = set()
+    found = sorted((o_, sid) for p in parts for o_, sid in
+                   [(r[0], r[2]) for r in _jsonl(p / "samples.idx") if r[0] in candidates] +
+                   [(r[0], r[1]) for r in _jsonl(p / "capped.idx") if r[0] in candidates])
+    for o_, sid in found:
+        if sid in first:
+            dups.add(o_)
+        else:
+            first[sid] = o_
+    return dups
 
 
 def _example(d: dict) -> dict[str, str]:

@@ -185,10 +185,13 @@ class FileLabel(str):
 
     file: str
 
-    def __new__(cls, path: Path) -> "FileLabel":
-        obj = super().__new__(cls, path.stem)
-        obj.file = path.name
+    def __new__(cls, path: "Path | str") -> "FileLabel":
+        obj = super().__new__(cls, path.stem if isinstance(path, Path) else path)
+        obj.file = path.name if isinstance(path, Path) else str(path)
         return obj
+
+    def __reduce__(self):  # copies and pickles are plain strings (labels end up in sample meta)
+        return (str, (str(self),))
 
 
 def _encoding_problem(raw: str, obj: Any) -> str | None:
