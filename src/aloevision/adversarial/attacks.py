@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import os
 import random
 from dataclasses import dataclass, field
@@ -203,17 +202,13 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
 
 
 def load_image(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, (str, os.PathLike)):
-        from aloevision.images import open_image
+    """RGB pixels through `aloevision.images.decode_image`, the decode every stage shares (EXIF orientation,
+    16-bit/alpha modes, limits), so an attacked image is the image training and evaluation see."""
+    from aloevision.images import decode_image
 
-        return open_image(os.fspath(image))
-    if isinstance(image, (bytes, bytearray)):
-        im = Image.open(io.BytesIO(image))
-        im.load()
-        return im
-    raise TypeError(f"image must be a PIL image, a path/reference or bytes, got {type(image).__name__}")
+    if not isinstance(image, (Image.Image, str, os.PathLike, bytes, bytearray, dict)):
+        raise TypeError(f"image must be a PIL image, a path/reference or bytes, got {type(image).__name__}")
+    return decode_image(image if not isinstance(image, os.PathLike) else os.fspath(image))
 
 
 def prepare_image(image: Any, cfg: AttackConfig) -> Image.Image:

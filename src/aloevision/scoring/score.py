@@ -22,10 +22,10 @@ RAW_OUTPUT_CHARS = 400
 
 def default_image_loader() -> Callable[[str], Any]:
     """Image references (paths and `archive::member`, see aloevision.images) -> RGB PIL images."""
-    from aloevision.images import open_image, to_rgb
+    from aloevision.images import decode_image
 
     def _load(ref: str):
-        return to_rgb(open_image(ref))
+        return decode_image(ref)
 
     return _load
 

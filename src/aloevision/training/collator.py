@@ -82,9 +82,35 @@ def add_dummy_image(batch: dict[str, Any], dummy: DummyImage) -> dict[str, Any]:
     return out
 
 
+def decoded_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with every image through `aloevision.images.decode_image`, the decode ingest validated with (EXIF
+    orientation, 16-bit/alpha/palette modes to RGB), so training sees the pixels ingest, scoring, evaluation and the
+    attacks see. Images arrive as PIL images (the mixture's `datasets` Image feature), bytes dicts or references."""
+    from aloevision.images import decode_image
+
+    out = []
+    for row in rows:
+        images = row.get("images")
+        if images:
+            row = {**row, "images": [decode_image(im) for im in images]}
+        out.append(row)
+    return out
+
+
+class DecodingCollator:
+    """A collator whose rows' images go through the shared decode first (used when there is no dummy image)."""
+
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.collator = collator
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.collator(decoded_rows(rows))
+
+
 class DummyImageCollator:
-    """Wrap a collator (rows -> batch): every batch leaves with at least one image (see the module docstring).
-    `dummy_batches` counts the batches that got the dummy (reported by the train stage)."""
+    """Wrap a collator (rows -> batch): images decoded by the shared decode, and every batch leaves with at least one
+    image (see the module docstring). `dummy_batches` counts the batches that got the dummy (reported by the train
+    stage)."""
 
     def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], processor: Any) -> None:
         self.collator = collator
@@ -93,7 +119,7 @@ class DummyImageCollator:
         self.batches = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.collator(rows)
+        batch = self.collator(decoded_rows(rows))
         self.batches += 1
         if batch.get("pixel_values") is None:
             self.dummy_batches += 1
@@ -107,4 +133,4 @@ def build_training_collator(processor: Any, max_length: int | None, *, dummy_ima
     from aloevision.model.masking import build_collator
 
     base = build_collator(processor, max_length)
-    return DummyImageCollator(base, processor) if dummy_image else base
+    return DummyImageCollator(base, processor) if dummy_image else DecodingCollator(base)
