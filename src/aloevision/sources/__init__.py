@@ -79,8 +79,9 @@ def read_source(src) -> Iterator[Sample | Drop]:
         log.info("source %s: Hub dataset %s (images under %s)", src.name, inv["path"], inv.get("image_root"))
     else:
         found = {k: v["count"] for k, v in {**inv["files"], **inv["images"]}.items() if v["count"]}
-        log.info("source %s: found %s under %s", src.name, found, inv["path"])
-        if inv["missing_files"] or inv["missing_images"]:
-            log.warning("source %s: expected but missing under %s: files %s, images %s", src.name, inv["path"],
-                        inv["missing_files"], inv["missing_images"])
+        log.info("source %s: found %s under %s (image locations not present: %s)", src.name, found, inv["path"],
+                 inv["missing_images"] or "none")
+        if inv["missing_files"]:
+            log.warning("source %s: expected data files missing under %s: %s", src.name, inv["path"],
+                        inv["missing_files"])
     return adapter(src)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import math
 import os
 import re
@@ -26,6 +27,8 @@ from aloevision.images import (
     split_parts,
 )
 from aloevision.schema import Drop, Sample, image_part, text_part
+
+log = logging.getLogger(__name__)
 
 ROLE_MAP = {
     "human": "user", "user": "user",
@@ -344,6 +347,7 @@ class JsonStream:
             try:
                 yield self.value()
             except EOFError as e:
+                self.pos = len(self.buf)  # the cut-off row is consumed: nothing follows it
                 yield Malformed(f"{self.path.name} element {n}: {e}; the file is cut off, the rows before it are "
                                 "kept")
                 return
@@ -630,7 +634,7 @@ class ImageLocator:
         """basename -> [(container, member-or-relpath)], built once over archives and image folders."""
         if self._by_name is None:
             idx: dict[str, list[tuple[str, str]]] = {}
-            for arc in self.archives:
+            for arc in self._usable_archives():
                 for m in get_archive(arc).members():
                     idx.setdefault(m.rsplit("/", 1)[-1], []).append((arc, m))
             for folder in self.folders[1:]:
@@ -656,15 +660,31 @@ class ImageLocator:
             if os.path.isfile(path):
                 return path
         member = normalize_member(rel)
-        for arc in self.archives:
+        for arc in self._usable_archives():
             if member in get_archive(arc).index():
                 return make_ref(arc, member)
         return self._by_suffix(member)
 
+    def _usable_archives(self) -> list[str]:
+        """The archives that can be indexed; a damaged one is reported once and skipped, so it never hides the
+        images of the others (each record whose image it held is then a ``missing_image`` drop)."""
+        if not hasattr(self, "_usable"):
+            self._usable, self.damaged = [], {}
+            for arc in self.archives:
+                try:
+                    get_archive(arc).index()
+                    self._usable.append(arc)
+                except ImageError as e:
+                    self.damaged[arc] = e.detail
+                    log.warning("image archive %s cannot be read, skipped: %s", arc, e.detail)
+        return self._usable
+
     def _by_suffix(self, member: str) -> str:
         cands = self._name_index().get(member.rsplit("/", 1)[-1], [])
         if not cands:
-            raise ImageError("missing_image", f"{member} not found under {self.root} (images={self.archives or ''})")
+            damaged = f"; damaged archives skipped: {sorted(self.damaged)}" if getattr(self, "damaged", None) else ""
+            raise ImageError("missing_image", f"{member} not found under {self.root} (images={self.archives or ''})"
+                                              f"{damaged}")
         parts = member.split("/")
 
         def shared(c: tuple[str, str]) -> int:

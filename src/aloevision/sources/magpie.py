@@ -23,6 +23,7 @@ from aloevision.sources.base import (
 
 DEFAULT_FILES = ["data/*.parquet", "*.parquet", "*.jsonl"]
 DEFAULT_IMAGES = None
+LAYOUTS = [["data/*.parquet"], ["*.parquet"], ["*.jsonl"]]  # alternatives: the inventory reports the best match
 META_KEYS = ("difficulty", "quality", "primary_tag", "category", "intent", "reward_model_score")
 HF_ID = "argilla/magpie-ultra-v1.0"
 
