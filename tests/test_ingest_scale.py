@@ -184,3 +184,27 @@ def test_duplicate_ids_first_kept_sharded_equals_unsharded(tmp_path, monkeypatch
         assert (whole / f).read_bytes() == (asm / f).read_bytes(), f
     rep = json.loads((whole / "report.json").read_text())
     assert rep["rows_out"] == 10 and rep["drops"] == {"duplicate_id": 15, "source_cap": 15}
+
+
+def test_data_stamp_sees_every_file_at_any_folder_size(tmp_path):
+    """The ingest key's stamp covers every file (the old one read the first 5,000): a change to the last file of a
+    6,000-file folder, a same-size rewrite (mtime in ns), a new FIFO or a symlink loop all change it, and it ends."""
+    import os
+
+    from aloevision.utils.fingerprint import data_stamp
+
+    for i in range(6000):
+        sub = tmp_path / f"shard{i % 3}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"row{i:05d}.json").write_text("{}")
+    first = data_stamp(str(tmp_path))
+    assert first[1] == 6000 and first == data_stamp(str(tmp_path))
+    last = tmp_path / "shard2" / "row05999.json"
+    last.write_text("[]")  # same size
+    os.utime(last, ns=(10**18, 10**18))
+    second = data_stamp(str(tmp_path))
+    assert second != first
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(tmp_path, tmp_path / "loop")
+    third = data_stamp(str(tmp_path))
+    assert third != second and third[1] == 6001

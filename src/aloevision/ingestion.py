@@ -256,7 +256,9 @@ def source_key(src, seed: int) -> dict[str, Any]:
     """The ingest artifact key of a source (the only rule: ingest, adversarial and the planner use it): sharded or
     not, the assembled artifact is the same, so it has the same key."""
     src = OmegaConf.to_container(src, resolve=True) if not isinstance(src, dict) else src
-    return {"source": src, "stamp": data_stamp(src["path"]), "seed": int(seed), "version": INGEST_VERSION}
+    root = (src.get("options") or {}).get("image_root")  # the Hub-id setup's images live outside `path`
+    stamp = data_stamp(src["path"]) if not root else [data_stamp(src["path"]), data_stamp(str(root))]
+    return {"source": src, "stamp": stamp, "seed": int(seed), "version": INGEST_VERSION}
 
 
 def ingested(store, src, seed: int):
