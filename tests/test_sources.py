@@ -466,6 +466,26 @@ def test_fracatlas_annotation_formats_agree(tmp_path, kind):
     assert image_size(n.images[0]) == (300, 300)
 
 
+def test_fracatlas_hostile_annotations_are_drops_not_hangs(tmp_path):
+    import os
+
+    voc = tmp_path / "voc"
+    fracatlas_tree(voc, "voc")
+    xml = voc / "Annotations" / "PASCAL VOC" / "IMG0000019.xml"
+    xml.unlink()
+    os.mkfifo(xml)  # a FIFO where an annotation should be: refused, never opened
+    samples, drops = run(src("fracatlas", "fracatlas", voc, boxes=True))
+    assert drops["fracatlas/IMG0000019"].reason == "bad_box" and "not a regular file" in \
+        drops["fracatlas/IMG0000019"].detail
+    assert "fracatlas/IMG0000000" in samples
+    coco = tmp_path / "coco"
+    fracatlas_tree(coco, "coco")
+    (coco / "Annotations" / "COCO JSON" / "COCO_fracture_masks.json").write_text('{"images": [')  # cut off
+    samples, drops = run(src("fracatlas", "fracatlas", coco, boxes=True))
+    assert not samples and {d.reason for d in drops.values()} == {"bad_box"}
+    assert "COCO_fracture_masks.json" in drops["fracatlas/IMG0000019"].detail
+
+
 def test_fracatlas_label_from_folder_without_csv_column(tmp_path):
     fracatlas_tree(tmp_path, "voc")
     (tmp_path / "dataset.csv").write_text("image_id,hand,leg,hip,shoulder,mixed\nIMG0000019.jpg,0,1,0,0,0\n"

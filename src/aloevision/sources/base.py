@@ -267,6 +267,8 @@ class JsonStream:
                 obj, end = self.decoder.raw_decode(self.buf, self.pos)
                 if end < len(self.buf) or self.eof:  # a number ending the buffer may continue in the next chunk
                     problem = _encoding_problem(self.buf[self.pos:end], obj)
+                    if end - self.pos > MAX_JSON_RECORD:
+                        problem = f"row over {MAX_JSON_RECORD} characters"
                     self.pos = end
                     if problem:
                         raise UnicodeError(problem)
@@ -355,7 +357,7 @@ class JsonStream:
                 why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
                 yield Malformed(f"{self.path.name} element {n} (character {self.where()}): {why}")
                 if isinstance(e, UnicodeError):
-                    pass  # already past it
+                    pass  # decoded and already passed
                 elif not self.skip():
                     yield Malformed(f"{self.path.name}: the file ends inside element {n}; the rest is lost")
                     return

@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
-from aloevision.images import image_size
+from aloevision.images import image_size, is_regular
 from aloevision.schema import Drop, Sample, image_part, text_part
 from aloevision.sources.base import RecordError, SourceContext, read_file, run_adapter
 from aloevision.sources.boxes import BoxError, coco_box, format_box, format_ref, voc_box, yolo_box
@@ -51,20 +51,31 @@ class Annotations:
             raise ValueError(f"fracatlas options.annotations={kind!r}: use auto, coco, voc or yolo")
         self.root, self.kind = root, kind
         self.coco: dict[str, tuple[int, int, list]] = {}
+        self.broken: dict[str, str] = {}  # COCO files that could not be read: every record then drops as bad_box
         if kind == "coco":
             for f in sorted(glob.glob(str(root / COCO_DIR / "*.json"))):
-                data = json.loads(Path(f).read_text())
-                by_id = {im["id"]: im for im in data.get("images", [])}
-                for im in by_id.values():
-                    self.coco.setdefault(os.path.basename(im["file_name"]), (im.get("width"), im.get("height"), []))
-                for a in data.get("annotations", []):
-                    im = by_id.get(a.get("image_id"))
-                    if im is not None and a.get("bbox"):
-                        self.coco[os.path.basename(im["file_name"])][2].append(a["bbox"])
+                try:
+                    data = json.loads(_read_small(Path(f), 1 << 30))
+                    if not isinstance(data, dict):
+                        raise ValueError(f"top level is {type(data).__name__}, not an object")
+                    self._add_coco(data)
+                except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+                    self.broken[Path(f).name] = f"{type(e).__name__}: {str(e)[:200]}"
+
+    def _add_coco(self, data: dict) -> None:
+        by_id = {im["id"]: im for im in data.get("images", [])}
+        for im in by_id.values():
+            self.coco.setdefault(os.path.basename(im["file_name"]), (im.get("width"), im.get("height"), []))
+        for a in data.get("annotations", []):
+            im = by_id.get(a.get("image_id"))
+            if im is not None and a.get("bbox"):
+                self.coco[os.path.basename(im["file_name"])][2].append(a["bbox"])
 
     def boxes(self, name: str, size) -> tuple[list[tuple[int, int, int, int]], tuple[int, int] | None]:
         """Grid boxes for image ``name``; ``size()`` gives (w, h) from the image header when the file lacks it."""
         stem = Path(name).stem
+        if self.broken:
+            raise RecordError("bad_box", f"annotation file(s) unreadable: {self.broken}")
         try:
             if self.kind == "coco":
                 w, h, raw = self.coco.get(name, (None, None, []))
@@ -75,7 +86,7 @@ class Annotations:
                 f = self.root / VOC_DIR / f"{stem}.xml"
                 if not f.exists():
                     return [], None
-                doc = ET.parse(f).getroot()
+                doc = ET.fromstring(_read_small(f, 16 << 20))
                 w = int(float(doc.findtext("size/width") or 0))
                 h = int(float(doc.findtext("size/height") or 0))
                 if not (w and h):
@@ -90,16 +101,26 @@ class Annotations:
                 if not f.exists():
                     return [], None
                 out = []
-                for line in f.read_text().splitlines():
+                for line in _read_small(f, 16 << 20).splitlines():
                     if line.strip():
                         vals = line.split()
                         if len(vals) < 5:
                             raise BoxError(f"YOLO line {line!r} has fewer than 5 numbers")
                         out.append(yolo_box(*(float(v) for v in vals[1:5])))
                 return out, None
-        except (BoxError, ValueError, TypeError, ET.ParseError) as e:
+        except (BoxError, ValueError, TypeError, OSError, ET.ParseError) as e:
             raise RecordError("bad_box", f"{name}: {e}") from None
         return [], None
+
+
+def _read_small(path: Path, limit: int) -> str:
+    """A text annotation file, refused (OSError) when it is not a regular file or larger than ``limit`` bytes: a FIFO
+    never blocks, a huge file is never read."""
+    if not is_regular(path):
+        raise OSError(f"{path.name} is not a regular file")
+    if path.stat().st_size > limit:
+        raise OSError(f"{path.name} is over {limit} bytes")
+    return path.read_bytes().decode("utf-8", errors="strict")
 
 
 def _flag(v) -> int | str:
