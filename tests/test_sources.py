@@ -592,3 +592,32 @@ def test_demo_data_reads_with_default_settings(demo_dir):
     got = {(s, r): n for s, v in report.items() for r, n in v["drops"].items()}
     assert got == expected
 
+
+
+def test_hub_id_setup_and_embedded_images_stay_inside_allowed_roots(tmp_path):
+    """path = Hub id + options.image_root (what every conf/source comment recommends), and embedded images written
+    to the image cache: the references land inside the source's allowed roots, so `path_escape` keeps them."""
+    from aloevision.cleaning import PathEscape
+    from aloevision.sources.base import SourceContext
+    from aloevision.sources.medtrinity import convert
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "s.tar", "w") as tf:
+        data = png()
+        info = tarfile.TarInfo("a.png")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    cache = tmp_path / "artifact-cache" / "images"
+    cfg = src("medtrinity", "medtrinity", "UCSC-VLAA/MedTrinity-25M", hf_config="25M_demo",
+              options={"image_root": str(shards), "image_cache": str(cache)})
+    ctx = SourceContext.from_config(cfg, MODULES["medtrinity"].DEFAULT_FILES, "*.tar")
+    assert not ctx.is_local and ctx.root == shards
+    from_shard = convert(ctx, "hf", 0, {"id": "x", "file_name": "a.png", "caption": "c"})
+    embedded = convert(ctx, "hf", 1, {"id": "y", "image": {"bytes": png(), "path": "y.png"}, "caption": "c"})
+    roots = allowed_roots(cfg)
+    assert str(shards) in roots and str(cache) in roots
+    rule = PathEscape(roots)
+    assert rule.check(from_shard) is None and rule.check(embedded) is None
+    assert embedded.images[0].startswith(str(cache))
+    assert PathEscape([cfg.path]).check(embedded)[0] == "path_escape"  # the old single root refused them all
