@@ -566,9 +566,18 @@ def iter_records(ctx: SourceContext) -> Iterator[tuple[str, int, Any]]:
         for col, feat in (ds.features or {}).items():  # embedded images as {"bytes", "path"}, never decoded here
             if isinstance(feat, datasets.Image):
                 ds = ds.cast_column(col, datasets.Image(decode=False))
-        for i, row in enumerate(ds):
-            yield ctx.hf_config or "hf", i, (row if want is None or want(i) else SKIPPED)
-        return
+        label, i, it = ctx.hf_config or "hf", 0, iter(ds)
+        while True:
+            try:
+                row = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001  a damaged shard of a Hub dataset ends the stream, counted
+                yield label, i, Malformed(f"{ctx.path} row {i}: {type(e).__name__}: {str(e)[:300]}; the rest of the "
+                                          "stream is not read")
+                return
+            yield label, i, (row if want is None or want(i) else SKIPPED)
+            i += 1
     offset = 0
     for path in data_files(ctx):
         n = 0
