@@ -8,7 +8,6 @@ else the configured base model. Per-item predictions go to `eval/<benchmark>.jso
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from typing import Any
@@ -32,17 +31,9 @@ def prompt_text(item) -> str:
 
 
 def load_pil(image) -> Any:
-    from PIL import Image
+    from aloevision.images import decode_image  # the decode training and ingest use (EXIF orientation, modes)
 
-    if isinstance(image, (bytes, bytearray)):
-        img = Image.open(io.BytesIO(image))
-    elif isinstance(image, Image.Image):
-        img = image
-    else:
-        from aloevision.images import open_image
-
-        img = open_image(str(image))
-    return img.convert("RGB")
+    return decode_image(image)
 
 
 def generate_chat(model, processor, turns, max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
