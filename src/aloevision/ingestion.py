@@ -198,44 +198,34 @@ def assemble(parts: list[Path], cap: int | None, out: Path, name: str) -> dict[s
 
 def duplicate_ordinals(parts: list[Path]) -> set[int]:
     """Ordinals of the samples whose id an earlier row (smaller ordinal) of the source already used: the first is
-    kept, the rest become ``duplicate_id`` drops. Candidates come from the 64-bit cap keys (a hash of the id, stored in
-    the parts' indexes; 16 bytes per sample in numpy arrays), then are confirmed on the ids themselves."""
+    kept, the rest become ``duplicate_id`` drops. Keys that occur twice are found by sorting the parts' 64-bit cap
+    keys (a hash of the id, already in the indexes; 8 bytes per sample plus the sorted copy), then the rows with such
+    a key are confirmed on the ids themselves in a second pass over the indexes."""
     from array import array
 
     import numpy as np
 
-    keys, ords = array("Q"), array("q")
+    keys = array("Q")
     for p in parts:
-        for o, key, _, _ in _jsonl(p / "samples.idx"):
-            keys.append(key)
-            ords.append(o)
-        for o, _, _, key in _jsonl(p / "capped.idx"):
-            keys.append(key)
-            ords.append(o)
+        keys.extend(r[1] for r in _jsonl(p / "samples.idx"))
+        keys.extend(r[3] for r in _jsonl(p / "capped.idx"))
     if len(keys) < 2:
         return set()
-    k = np.frombuffer(keys, dtype=np.uint64)
-    o = np.frombuffer(ords, dtype=np.int64)
-    order = np.argsort(k, kind="stable")
-    ks = k[order]
-    same = ks[1:] == ks[:-1]
-    if not same.any():
+    ks = np.sort(np.frombuffer(keys, dtype=np.uint64))
+    del keys
+    repeated = set(ks[1:][ks[1:] == ks[:-1]].tolist())
+    del ks
+    if not repeated:
         return set()
-    flag = np.zeros(len(ks), dtype=bool)
-    flag[1:] |= same
-    flag[:-1] |= same
-    candidates = set(o[order[flag]].tolist())
-    del keys, ords, k, o, order, ks
+    found = sorted([(r[0], r[2]) for p in parts for r in _jsonl(p / "samples.idx") if r[1] in repeated] +
+                   [(r[0], r[1]) for p in parts for r in _jsonl(p / "capped.idx") if r[3] in repeated])
     first: dict[str, int] = {}
     dups: set[int] = set()
-    found = sorted((o_, sid) for p in parts for o_, sid in
-                   [(r[0], r[2]) for r in _jsonl(p / "samples.idx") if r[0] in candidates] +
-                   [(r[0], r[1]) for r in _jsonl(p / "capped.idx") if r[0] in candidates])
-    for o_, sid in found:
+    for o, sid in found:
         if sid in first:
-            dups.add(o_)
+            dups.add(o)
         else:
-            first[sid] = o_
+            first[sid] = o
     return dups
 
 
