@@ -131,13 +131,18 @@ def pubmedvision(root: Path) -> int:
             z.writestr(name, data)
         z.writestr("../../evil.jpg", _jpeg())  # a member escaping the archive root
     os.mkfifo(d / "images" / "fifo.jpg")  # an extracted folder with a FIFO where an image should be
+    latin = os.path.join(os.fsencode(d / "images"), b"caf\xe9")  # a folder name that is not UTF-8
+    os.mkdir(latin)
+    with open(os.path.join(latin, b"deep.jpg"), "wb") as f:
+        f.write(_jpeg())
     (d / "images" / "adir.jpg").mkdir()
     os.symlink("/etc/hostname", d / "images" / "escape.jpg")
     os.symlink(d / "images" / "nowhere.jpg", d / "images" / "dangling.jpg")
     rows = [{"id": f"ok{k}", "image": [name], "modality": "CT", "conversations": conv()}
             for k, name in enumerate([*good, *odd])]
     bad_images = [*hostile, "images/fifo.jpg", "images/adir.jpg", "images/escape.jpg", "images/dangling.jpg",
-                  "../../evil.jpg", "/etc/hostname", "images/nul\u0000.jpg", "images/missing.jpg"]
+                  "../../evil.jpg", "/etc/hostname", "images/nul\u0000.jpg", "images/missing.jpg",
+                  "deep.jpg"]  # found by name only inside the non-UTF-8 folder
     rows += [{"id": f"bad{k}", "image": [name], "conversations": conv()} for k, name in enumerate(bad_images)]
     rows += [{"id": "ok0", "image": ["images/pmc_1.jpg"], "conversations": conv()},  # duplicate id
              {"id": "types", "image": ["images/pmc_1.jpg"], "conversations": [H(5), G(["x"])]},

@@ -100,6 +100,11 @@ class SourceContext:
     def sample(self, native: Any, messages: list[dict], images: list[str], meta: dict | None = None) -> Sample | Drop:
         """A Sample, or the Drop for the first structural rule it breaks (same reasons as the cleaning stage)."""
         s = Sample(self.sid(native), self.name, self.domain, self.modality, messages, images, meta or {})
+        for ref in images:  # a file name that is not UTF-8 (a surrogate-escaped byte) cannot be written to an index
+            try:
+                ref.encode("utf-8")
+            except UnicodeEncodeError:
+                return self.drop(native, "invalid_path", f"image path {ref!r} is not valid UTF-8")
         try:  # meta carries raw record values: it must be writable as UTF-8 JSON like the rest of the sample
             json.dumps(s.meta, ensure_ascii=False, allow_nan=True).encode("utf-8")
         except (TypeError, ValueError, UnicodeError, RecursionError) as e:
