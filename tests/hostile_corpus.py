@@ -313,7 +313,9 @@ def aloe_text(root: Path) -> int:
     (d / "aloe_medical.json").write_text(json.dumps(rows)[:-1] + ', {"conversations": [{"from"')  # cut off
     (d / "aloe_extra.jsonl").write_bytes(b'{"messages": [{"role": "user", "content": "q"}, '
                                          b'{"role": "assistant", "content": "a"}]}\n' + b"\xff" * 50 + b"\n")
-    return 4
+    with open(os.path.join(os.fsencode(d), b"aloe_caf\xe9.jsonl"), "w") as f:  # a file name that is not UTF-8
+        f.write(json.dumps({"conversations": conv("Q?", "A.")}) + "\n")
+    return 5
 
 
 def magpie(root: Path) -> int:

@@ -67,6 +67,13 @@ class Drop:
     reason: str  # snake_case, e.g. "image_too_small", "corrupt_image", "too_many_images"
     detail: str = ""
 
+    def __post_init__(self) -> None:
+        # Details quote hostile input (file names with undecodable bytes): keep them writable as UTF-8 everywhere.
+        if not self.detail.isascii():
+            self.detail = self.detail.encode("utf-8", "backslashreplace").decode("utf-8")
+        if not self.id.isascii():
+            self.id = self.id.encode("utf-8", "backslashreplace").decode("utf-8")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -20,6 +20,7 @@ from aloevision.sources.base import (
 
 DEFAULT_FILES = ["*.json", "*.jsonl"]
 DEFAULT_IMAGES = None
+LAYOUTS = [["*.json"], ["*.jsonl"]]  # alternatives: the inventory reports the best match
 HF_ID = "HPAI-BSC/Aloe-Beta-Medical-Collection"
 
 

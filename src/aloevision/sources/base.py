@@ -187,6 +187,11 @@ _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _RAW_SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, as the surrogateescape error handler maps them
 
 
+def _utf8(text: str) -> str:
+    """``text`` writable as UTF-8: a file name's undecodable bytes (surrogate escapes) become ``\\udcXX``."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class FileLabel(str):
     """A data file's label (its stem, used in ids and ``meta.file``) that also knows the file's name, so every drop
     can say which file and row it came from."""
@@ -194,8 +199,8 @@ class FileLabel(str):
     file: str
 
     def __new__(cls, path: "Path | str") -> "FileLabel":
-        obj = super().__new__(cls, path.stem if isinstance(path, Path) else path)
-        obj.file = path.name if isinstance(path, Path) else str(path)
+        obj = super().__new__(cls, _utf8(path.stem if isinstance(path, Path) else path))
+        obj.file = _utf8(path.name if isinstance(path, Path) else str(path))
         return obj
 
     def __reduce__(self):  # copies and pickles are plain strings (labels end up in sample meta)
@@ -846,7 +851,7 @@ def run_adapter(ctx: SourceContext, records: Iterable[tuple[str, int, Any]], con
             yield ctx.drop(native, reason, f"{where(label, i)}: {detail}")
             continue
         if isinstance(out, Drop) and not out.detail.startswith(where(label, i)):
-            out.detail = f"{where(label, i)}: {out.detail}"
+            out.detail = _utf8(f"{where(label, i)}: {out.detail}")
         yield out
 
 
