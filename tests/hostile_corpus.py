@@ -157,8 +157,10 @@ def pubmedvision(root: Path) -> int:
     (d / "PubMedVision_Alignment_VQA.json").write_text(text)
     # The second file: a wrapper object (rows under "data") with a row of invalid UTF-8 bytes inside.
     good_row = json.dumps({"id": "it_ok", "image": ["images/pmc_0.jpg"], "conversations": conv()}).encode()
-    bad_row = b'{"id": "it_latin1", "image": ["images/pmc_0.jpg"], "conversations": [{"from": "human", "value": "caf\xe9"}, {"from": "gpt", "value": "x"}]}'
-    surrogate = b'{"id": "it_sur", "image": ["images/pmc_0.jpg"], "conversations": [{"from": "human", "value": "\\ud800 q"}, {"from": "gpt", "value": "x"}]}'
+    bad_row = (b'{"id": "it_latin1", "image": ["images/pmc_0.jpg"], "conversations": [{"from": "human", '
+               b'"value": "caf\xe9"}, {"from": "gpt", "value": "x"}]}')
+    surrogate = (b'{"id": "it_sur", "image": ["images/pmc_0.jpg"], "conversations": [{"from": "human", '
+                 b'"value": "\\ud800 q"}, {"from": "gpt", "value": "x"}]}')
     (d / "PubMedVision_InstructionTuning_VQA.json").write_bytes(
         b'\xef\xbb\xbf{"version": 1, "data": [' + good_row + b",\n" + bad_row + b",\n" + surrogate + b"]}")
     return len(good) + len(odd) + 3  # + the row with an unusable id (kept under <file>:<row>), after_deep, it_ok
@@ -175,9 +177,11 @@ def medmax(root: Path) -> int:
     (d / "images.tar.gz.ab").write_bytes(data[len(data) // 2:])
     _tar(d / "slake.tar.gz", {"slake/xmlab1/source.jpg": _jpeg(), "slake/xmlab2/source.jpg": _jpeg()})
     sep = "<reserved08706>"
-    row = lambda i, path, text=None, **kw: {"text": text or f"<image>\nWhat is shown?{sep}A finding {i}.{sep}",  # noqa: E731
-                                            "image_path": path, "task": "VQA", "source": "s", "credential": "no",
-                                            **kw}
+
+    def row(i, path, text=None, **kw):
+        return {"text": text or f"<image>\nWhat is shown?{sep}A finding {i}.{sep}", "image_path": path,
+                "task": "VQA", "source": "s", "credential": "no", **kw}
+
     lines = [row(0, "images/m0.jpg"), row(1, "images/m1.jpg"), row(2, "slake/xmlab1/source.jpg"),
              row(3, "xmlab2/source.jpg"),  # found in slake.tar.gz by its trailing path
              row(4, "images/nope.jpg"), row(5, "images/m2.jpg", text="no separator here <image>"),
@@ -200,7 +204,10 @@ def mecovqa(root: Path) -> int:
     (sam / "masks" / f"{stem}--0002_000.png").write_bytes(_mask((100, 50), (10, 10, 20, 20)))  # wrong size
     (sam / "masks" / f"{stem}--0003_000.png").write_bytes(_mask((200, 100), None))  # empty
     img = f"images/{stem}.png"
-    mk = lambda i, a, q="<image>\nSegment it.": {"id": f"g{i}", "image": img, "conversations": [H(q), G(a)]}  # noqa: E731
+
+    def mk(i, a, q="<image>\nSegment it."):
+        return {"id": f"g{i}", "image": img, "conversations": [H(q), G(a)]}
+
     train = d / "MeCoVQA" / "train"
     train.mkdir(parents=True)
     (train / "MeCoVQA-Complex.json").write_text(json.dumps([{"id": "c1", "image": img, "conversations": conv()}]))
@@ -227,7 +234,8 @@ def medgrit(root: Path) -> int:
     q = "<img>/home/author/SAMed2Dv1/images/ct_001.png</img>Where is the liver?"
     rows = [
         {"id": "ct_001", "conversations": [[q, "<ref>liver</ref><box>(100,200),(400,600)</box>"]]},
-        {"id": "mr_002", "conversations": [["<img>mr_002.png</img>Where?", "<ref>a</ref><box>(0.1,0.2),(0.4,0.6)</box>"]]},
+        {"id": "mr_002", "conversations": [["<img>mr_002.png</img>Where?",
+                                            "<ref>a</ref><box>(0.1,0.2),(0.4,0.6)</box>"]]},
         {"id": "x_003", "conversations": [["Describe the image.", "A chest X-ray."]]},
         {"id": "ct_001", "conversations": [[q, "a duplicate id"]]},
         {"id": "b1", "conversations": [["<img>ct_001.png</img>Where?", "<ref>a</ref><box>(0.5,0.5),(1.02,0.9)</box>"]]},
@@ -297,7 +305,8 @@ def cambrian(root: Path) -> int:
         {"id": "empty", "conversations": []},
         {"id": "ctrl", "conversations": conv("nul \u0000 and bell \u0007 inside", "ok \u2028 separators")},
         b'{"id": "lone", "conversations": [{"from": "human", "value": "\\udc80"}, {"from": "gpt", "value": "x"}]}\n',
-        b'{"id": "emoji", "conversations": [{"from": "human", "value": "\\ud83d\\ude00 hi"}, {"from": "gpt", "value": "x"}]}\n',
+        b'{"id": "emoji", "conversations": [{"from": "human", "value": "\\ud83d\\ude00 hi"}, '
+        b'{"from": "gpt", "value": "x"}]}\n',
         b'{"id": "bytes", "conversations": [{"from": "human", "value": "\xc3\x28"}, {"from": "gpt", "value": "x"}]}\n',
         (_deep() + "\n").encode(),
         b"\x00\x00\x00\x00\n",

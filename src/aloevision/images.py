@@ -31,7 +31,6 @@ import json
 import os
 import re
 import stat
-import struct
 import tarfile
 import threading
 import warnings

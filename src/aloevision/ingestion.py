@@ -56,7 +56,8 @@ def build_part(src_cfg, seed: int, out: Path, k: int = 0, n: int = 1, cap: int |
 
     - ``samples.jsonl`` kept samples, ``samples.idx`` one ``[ordinal, cap key, id, source]`` per sample;
     - ``drops.jsonl`` adapter/cleaning drops, ``drops.idx`` one ``[ordinal, reason, source]`` per drop;
-    - ``capped.idx`` ``[ordinal, id, source, cap key]`` of the samples over ``cap`` (the part keeps its ``cap`` samples with
+    - ``capped.idx`` ``[ordinal, id, source, cap key]`` of the samples over ``cap`` (the part keeps its ``cap``
+      samples with
       the smallest (key, ordinal): bottom-k of a union = bottom-k of the parts' bottom-k, so the assembly's global
       cap keeps exactly the unsharded set).
 

@@ -1,7 +1,7 @@
 """MeCoVQA (MedPLIB, GitHub ``ShawnHuang497/MedPLIB``), medical multimodal with regions.
 
-Native layout: the release tree (the authors' Google Drive download of MeCoVQA, next to SA-Med2D-20M extracted as ``SAMed2Dv1``;
-``path`` is the folder holding both)::
+Native layout: the release tree (the authors' Google Drive download of MeCoVQA, next to SA-Med2D-20M extracted
+as ``SAMed2Dv1``; ``path`` is the folder holding both)::
 
     <path>/MeCoVQA/train/MeCoVQA-Complex.json       JSON array, LLaVA style   } default ``files``
     <path>/MeCoVQA/train/MeCoVQA-Region.json        JSON array                }   (MeCoVQA/train/MeCoVQA-*.json;
