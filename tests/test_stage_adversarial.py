@@ -55,7 +55,7 @@ def test_ar_set_through_launch_counts_every_attack(run_launch, tmp_path, demo_di
 def test_init_from_is_required_and_heart_refuses_the_ar_source(tmp_path):
     from aloevision.config import ConfigError
     from aloevision.stages.adversarial import check_config
-    from aloevision.stages.heart_eval import check_heart_config
+    from aloevision.evaluation.heart_eval import check_heart_config
 
     with pytest.raises(ConfigError, match=r"train.init_from=<stage-1 run folder>"):
         check_config(compose(["+experiment=demo_ar"], root=tmp_path))
@@ -95,7 +95,7 @@ def test_run_heart_on_the_demo_returns_every_table4_column(session_root, tmp_pat
     from aloevision.artifacts import ArtifactStore
     from aloevision.model.loading import load_model, load_processor_for
     from aloevision.pipeline import RunContext
-    from aloevision.stages.heart_eval import run_heart
+    from aloevision.evaluation.heart_eval import run_heart
     from aloevision.tracking import Tracker
 
     cfg = compose(["+experiment=demo_ar", "stage=eval", f"paths.cache_dir={session_root / 'cache' / 'shared'}"],

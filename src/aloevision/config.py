@@ -163,7 +163,7 @@ class LeakageConfig:
 class BenchmarkConfig:
     name: str = MISSING
     kind: str = MISSING  # mcq | yesno | open | text_mcq | probmed
-    harness: str = "builtin"  # builtin | lm_eval | vlmevalkit | lmms_eval
+    harness: str = "builtin"  # builtin (vlmevalkit / lmms_eval: aliases of it) | lm_eval
     loader: str = MISSING  # key in aloevision.evalsets.LOADERS
     path: str = MISSING
     split: str = "test"
@@ -189,6 +189,12 @@ class EvalConfig:
     benchmarks: Dict[str, BenchmarkConfig] = field(default_factory=dict)
     max_new_tokens: int = 32
     batch_size: int = 8
+    # image pixel bounds at evaluation (None: the model's training bounds); conf/eval/paper.yaml: VLMEvalKit's Qwen2-VL
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
+    matching: str = "exact"  # exact (VLMEvalKit can_infer / ProbMed's scorer) | lenient; both are logged per item
+    probmed_metric: str = "official"  # official (ProbMed's scorer, adversarial pairs) | pair | question
+    hf_datasets_dir: Optional[str] = None  # local copies of lm-eval's Hub datasets: <dir>/<owner>/<name>
     judges: List[str] = field(default_factory=list)  # model ids / paths; "self" = the evaluated model
     judge_backend: str = "transformers"
     model: Optional[str] = None  # run folder, checkpoint or Hub id to evaluate when this run trains none

@@ -31,6 +31,12 @@ OPTION_LETTERS = "ABCDEFGHIJ"
 # VLMEvalKit grouping columns worth keeping for per-category scores.
 TSV_META_COLUMNS = ("category", "l2-category", "subset", "split", "clinical vqa task", "department",
                     "perceptual granularity", "modality", "question_type", "img_type", "subfield", "topic_difficulty")
+MMMU_SUBJECTS = [  # all 30 MMMU subjects (MMMU/MMMU configs; VLMEvalKit's MMMU_DEV_VAL covers them all)
+    "Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory", "Basic_Medical_Science",
+    "Biology", "Chemistry", "Clinical_Medicine", "Computer_Science", "Design", "Diagnostics_and_Laboratory_Medicine",
+    "Economics", "Electronics", "Energy_and_Power", "Finance", "Geography", "History", "Literature", "Manage",
+    "Marketing", "Materials", "Math", "Mechanical_Engineering", "Music", "Pharmacy", "Physics", "Psychology",
+    "Public_Health", "Sociology"]
 MMMU_HEALTH_SUBJECTS = ["Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
                         "Pharmacy", "Public_Health"]
 
@@ -56,14 +62,24 @@ def _resolve(base: Path, rel: Any, what: str = "image") -> str:
 
 
 # ------------------------------------------------------------------------------------------------- VLMEvalKit TSV
+def _part_key(f: Path) -> tuple:
+    """Natural order: part_2 before part_10 (VLMEvalKit concatenates OmniMedVQA's parts 1..14 in numeric order)."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name))
+
+
 def tsv_files(path: str) -> list[Path]:
+    """The TSVs of a benchmark: a file, a glob, or a folder of parts in numeric order. VLMEvalKit's `*_local.tsv`
+    twins (the same rows with images localised to paths) are skipped when the original part is there too."""
     p = Path(path).expanduser()
     if p.is_dir():
-        files = sorted(p.glob("*.tsv"))
+        files = list(p.glob("*.tsv"))
     elif p.is_file():
         files = [p]
     else:
-        files = [Path(f) for f in sorted(glob.glob(path))]
+        files = [Path(f) for f in glob.glob(path)]
+    names = {f.name for f in files}
+    files = sorted((f for f in files if not (f.stem.endswith("_local") and f"{f.stem[:-6]}.tsv" in names)),
+                   key=_part_key)
     if not files:
         raise FileNotFoundError(f"no VLMEvalKit TSV at {path!r}")
     return files
@@ -116,16 +132,20 @@ def load_vlmevalkit_tsv(bench: Bench, stats: LoadStats, require_answer: bool) ->
         question = row.get("question")
         if is_blank(question):
             raise SkipRow("no_question")
+        # VLMEvalKit reads cells with pandas: option text is kept as is (str of the cell), a hint is prompted as
+        # "Hint: ..." (aloevision.evaluation.protocol), so it stays separate from the question here.
+        options = {k: str(row[k]) for k in OPTION_LETTERS if k in row and not is_blank(row[k])}
+        meta = {k: row[k] for k in TSV_META_COLUMNS if k in row and not is_blank(row[k])}
         hint = row.get("hint")
         if not is_blank(hint):
-            question = f"Hint: {hint}\n{question}"
-        options = {k: str(row[k]).strip() for k in OPTION_LETTERS if k in row and not is_blank(row[k])}
-        meta = {k: row[k] for k in TSV_META_COLUMNS if k in row and not is_blank(row[k])}
+            meta["hint"] = str(hint)
         if not options:  # MMMU's open questions: no options, the answer is text
             answer = str(row.get("answer") or "").strip()
             if not answer and require_answer:
                 raise SkipRow("no_answer")
-            return EvalItem(index, bench.name, "open", str(question), answer, {}, images, meta)
+            if bench.options.get("mmmu_open") == "judge":
+                return EvalItem(index, bench.name, "open", str(question), answer, {}, images, meta)
+            return _mmmu_open_item(index, bench.name, str(question), answer, images, meta)
         if len(options) < 2:
             raise SkipRow("too_few_options", f"{len(options)} option(s)")
         answer = letter_answer(row.get("answer"), options, require_answer)
@@ -287,21 +307,38 @@ def _image_value(v: Any) -> Any:
     return v if isinstance(v, str) and v else None
 
 
+def _mmmu_open_item(qid: str, name: str, question: str, answer: str, images: list, meta: dict) -> EvalItem:
+    """VLMEvalKit's `MMMU_preproc`: an open question is prompted without options and scored as a two-option
+    question, A = the reference answer, B = 'Other Answers' (truth A). `options.mmmu_open: judge` sends it to the
+    LLM judges instead (not the paper's protocol)."""
+    from aloevision.evaluation.protocol import mmmu_open_choices
+
+    return EvalItem(qid, name, "mcq", question, "A", mmmu_open_choices(answer),
+                    images, {**meta, "open_question": True, "reference": answer, "prompt_style": "mmmu"})
+
+
 @loader("mmmu")
 def load_mmmu(bench: Bench, stats: LoadStats, require_answer: bool) -> Iterator[EvalItem]:
-    subjects = list(bench.options.get("subjects") or MMMU_HEALTH_SUBJECTS)
+    subjects = list(bench.options.get("subjects") or MMMU_SUBJECTS)
 
     def rows():
         if Path(bench.path).expanduser().is_file():  # one file of several subjects: ids are <split>_<Subject>_<n>
             for n, row in enumerate(iter_records(bench.path, bench.split)):
                 if isinstance(row, Mapping):
-                    subj = next((s for s in subjects if f"_{s}_" in str(row.get("id", ""))), None)
+                    # "validation_Art_Theory_3" is Art_Theory, not Art: the subject is everything between the
+                    # split and the number.
+                    m = re.match(r"^[a-z]+_(.+)_\d+$", str(row.get("id", "")))
+                    subj = m.group(1) if m and m.group(1) in subjects else None
                     if subj is None:
                         continue
                     row = {**row, "_subject": subj}
                 yield f"{n}", row
             return
+        root = Path(bench.path).expanduser()
         for subj in subjects:
+            if root.is_dir() and not (root / subj).is_dir():
+                raise FileNotFoundError(f"MMMU subject {subj}: no folder {root / subj} (MMMU/MMMU's layout is "
+                                        f"<Subject>/{bench.split}-*.parquet)")
             for n, row in enumerate(iter_records(bench.path, bench.split, hf_config=subj)):
                 if isinstance(row, Mapping):
                     row = {**row, "_subject": subj}
@@ -314,13 +351,16 @@ def load_mmmu(bench: Bench, stats: LoadStats, require_answer: bool) -> Iterator[
         images = [x for x in (_image_value(row.get(f"image_{k}")) for k in range(1, 8)) if x is not None]
         if not images:
             raise SkipRow("no_image", "image_1..image_7 all empty")
-        meta = {"subject": row["_subject"], "question_type": row.get("question_type"), "img_type": row.get("img_type")}
+        meta = {"subject": row["_subject"], "question_type": row.get("question_type"), "img_type": row.get("img_type"),
+                "prompt_style": "mmmu"}
         qid = str(first(row, "id", default=row_id))
         if row.get("question_type") == "open":
             answer = str(row.get("answer") or "")
             if not answer and require_answer:
                 raise SkipRow("no_answer")
-            return EvalItem(qid, bench.name, "open", str(question), answer, {}, images, meta)
+            if bench.options.get("mmmu_open") == "judge":
+                return EvalItem(qid, bench.name, "open", str(question), answer, {}, images, meta)
+            return _mmmu_open_item(qid, bench.name, str(question), answer, images, meta)
         raw = row.get("options")
         try:
             values = ast.literal_eval(raw) if isinstance(raw, str) else list(raw)

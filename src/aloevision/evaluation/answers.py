@@ -179,7 +179,11 @@ def extract_yesno(prediction: str) -> Extraction:
 # scoring
 
 
+MATCHINGS = ("exact", "lenient")
+
+
 def extract(item, prediction: str) -> Extraction:
+    """The lenient extraction (the rules of the module docstring)."""
     kind = item.kind
     if kind in MCQ_KINDS:
         return extract_choice(prediction, item.options)
@@ -192,26 +196,72 @@ def extract(item, prediction: str) -> Extraction:
     raise ValueError(f"item {item.id!r} has unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def score_item(item, prediction: str) -> float:
-    """1.0 when the extracted answer equals the reference, else 0.0 (exact match; no answer counts as wrong)."""
-    ex = extract(item, prediction)
+def extract_exact(item, prediction: str) -> Extraction:
+    """The paper's protocol (aloevision.evaluation.protocol): VLMEvalKit's `can_infer` for multiple choice ('Z', i.e.
+    no answer, when it fails), ProbMed's own `get_score_binary` for ProbMed, VLMEvalKit's `YOrN_Extraction` for
+    other yes/no sets."""
+    from aloevision.evaluation import protocol
+
+    kind = item.kind
+    if kind in MCQ_KINDS:
+        if not item.options:
+            raise ValueError(f"item {item.id!r}: exact matching needs the item's options")
+        got = protocol.exact_choice(prediction or "", item.options)
+        return Extraction(None if got == "Z" else got, "can_infer" if got != "Z" else "can_infer_failed")
+    if kind == "probmed":
+        yes, no = (protocol.probmed_score_binary(prediction or "", a) for a in ("yes", "no"))
+        got = "yes" if yes and not no else "no" if no and not yes else "both" if yes else None
+        return Extraction(got, "probmed_binary")
+    if kind in YESNO_KINDS:
+        got = protocol.yorn_extraction(prediction or "")
+        return Extraction(None if got == "Unknown" else got.lower(), "yorn_extraction")
+    return extract(item, prediction)  # open items: the same clear error
+
+
+def _gold(item) -> str:
     gold = str(item.answer).strip()
-    gold = gold.upper() if item.kind in MCQ_KINDS else gold.lower()
-    return float(ex.answer is not None and ex.answer == gold)
+    return gold.upper() if item.kind in MCQ_KINDS else gold.lower()
 
 
-def score_result(item, prediction: str) -> ItemResult:
-    """`score_item` plus what the eval stage logs per item (the extracted answer and the rule that found it)."""
-    ex = extract(item, prediction)
+def _check_matching(matching: str) -> None:
+    if matching not in MATCHINGS:
+        raise ValueError(f"unknown answer matching {matching!r}; expected one of {', '.join(MATCHINGS)}")
+
+
+def score_item(item, prediction: str, matching: str = "exact") -> float:
+    """1.0 when the extracted answer equals the reference, else 0.0 (no answer counts as wrong).
+
+    matching `exact` (default; the paper's protocol, see `extract_exact`) or `lenient` (`extract`). ProbMed under
+    `exact` is scored as its authors do: 'Yes'/'No' anywhere in the reply (so a reply with both can be right).
+    """
+    _check_matching(matching)
+    if matching == "exact" and item.kind == "probmed":
+        from aloevision.evaluation.protocol import probmed_score_binary
+
+        return float(probmed_score_binary(prediction or "", _gold(item)))
+    ex = extract_exact(item, prediction) if matching == "exact" else extract(item, prediction)
+    return float(ex.answer is not None and ex.answer == _gold(item))
+
+
+def score_result(item, prediction: str, matching: str = "exact") -> ItemResult:
+    """`score_item` plus what the eval stage logs per item: the answer both matchers extract (the scoring one in
+    `extracted`, the other in meta `extracted_<name>`) and the rule that found it."""
+    _check_matching(matching)
+    exact, lenient = extract_exact(item, prediction), extract(item, prediction)
+    ex = exact if matching == "exact" else lenient
+    other_name, other = ("lenient", lenient) if matching == "exact" else ("exact", exact)
+    meta = dict(item.meta)
+    meta[f"extracted_{other_name}"] = other.answer
+    meta[f"score_{other_name}"] = score_item(item, prediction, other_name)
     return ItemResult(
         id=item.id,
         benchmark=item.benchmark,
         kind=item.kind,
-        score=score_item(item, prediction),
+        score=score_item(item, prediction, matching),
         prediction=prediction,
         extracted=ex.answer,
         rule=ex.rule,
-        meta=dict(item.meta),
+        meta=meta,
     )
 
 
@@ -270,15 +320,126 @@ def probmed_pair_accuracy(results: Iterable[ItemResult]) -> tuple[float | None, 
     return 100.0 * sum(all(s == 1.0 for s in v) for v in pairs) / len(pairs), len(pairs), unpaired
 
 
+PROBMED_METRICS = ("official", "pair", "question")
+_PROBMED_CATEGORIES = ("modality", "body_part", "abnormality", "entity", "grounding")
+
+
+def _probmed_score_dict(rows: list[tuple[str, str, float]]) -> dict[str, list]:
+    """ProbMed's `get_score_dict` (eval/calculate_score.py) over (image id, qa_type, 0/1) rows of one image type, in
+    file order: modality / body_part keep an image's ground-truth + hallucinated pair (dropped unless both are
+    there); entity_gt_<k> / grounding_gt_<k> pair with the following *_hallu_<k> of the same k; `entity_hallu` alone
+    (no abnormality) is a one-question entity; abnormality has no pair."""
+    score: dict[str, list] = defaultdict(list)
+    cur = rows[0][0]
+    modality, body, entity, grounding = [], [], [], []
+    entity_id = grounding_id = None
+    entity_tuple: list = []
+    grounding_tuple: list = []
+    for image_id, qa_type, sc in rows:
+        if image_id != cur:
+            cur = image_id
+            score["modality"].append(modality if len(modality) == 2 else [])
+            score["body_part"].append(body if len(body) == 2 else [])
+            score["entity"].append(entity)
+            score["grounding"].append(grounding)
+            modality, body, entity, grounding = [], [], [], []
+            entity_id = grounding_id = None
+        if "modality" in qa_type:
+            modality.append(sc)
+        elif "body_part" in qa_type:
+            body.append(sc)
+        elif qa_type == "abnormality":
+            score["abnormality"].append(sc)
+        elif "entity" in qa_type:
+            if qa_type == "entity_hallu":
+                entity = [sc]
+            elif "gt" in qa_type:
+                entity_id, entity_tuple = qa_type.split("_")[-1], [sc]
+            elif qa_type.split("_")[-1] == entity_id:  # else: its ground-truth question was not answered
+                entity.append(entity_tuple + [sc])
+        elif "gt" in qa_type:
+            grounding_id, grounding_tuple = qa_type.split("_")[-1], [sc]
+        elif qa_type.split("_")[-1] == grounding_id:
+            grounding.append(grounding_tuple + [sc])
+    # the last image: appended as is (the official scorer checks the pair length only when moving to a new image)
+    score["modality"].append(modality)
+    score["body_part"].append(body)
+    score["entity"].append(entity)
+    score["grounding"].append(grounding)
+    return score
+
+
+def _probmed_float(score: dict[str, list]) -> dict[str, dict[str, float]]:
+    """ProbMed's `get_score_float`: per category accuracy with adversarial pairs (`acc`: every question of the
+    image's group right), the ground-truth question alone (`acc_gt`), and the weight `num`. A category without any
+    scorable group is left out (the official script divides by zero there)."""
+    out: dict[str, dict[str, float]] = {}
+    abn = score.get("abnormality", [])
+    if abn:
+        out["abnormality"] = {"acc": 100.0 * sum(abn) / len(abn), "num": len(abn)}
+    for cat in ("modality", "body_part"):
+        groups = [t for t in score.get(cat, []) if t]
+        if groups:
+            out[cat] = {"acc": 100.0 * sum(all(x == 1 for x in t) for t in groups) / len(groups),
+                        "acc_gt": 100.0 * sum(t[0] == 1 for t in groups) / len(groups), "num": len(groups)}
+    for cat in ("entity", "grounding"):
+        groups = [g for g in score.get(cat, []) if g]
+        if not groups:
+            continue
+        nested = [g if isinstance(g[0], list) else [g] for g in groups]
+        out[cat] = {"acc": 100.0 * sum(all(all(y == 1 for y in x) for x in g) for g in nested) / len(nested),
+                    "acc_gt": 100.0 * sum(all(x[0] == 1 for x in g) for g in nested) / len(nested),
+                    "num": len(score[cat])}  # the official weight counts images without such questions too
+    return out
+
+
+def probmed_official(results: Iterable[ItemResult]) -> dict[str, float]:
+    """ProbMed scored as its authors do (eval/calculate_score.py `get_scores_probmed`): per image type and question
+    category, aggregated over image types and then categories weighted by `num`. Returns `acc` (with adversarial
+    pairs: the headline of the ProbMed paper), `acc_gt` (the ground-truth questions alone: "w.o. adv. pair") and
+    `<category>` accuracies. Rows must be in the release's order (they are grouped by consecutive image id)."""
+    by_type: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    for r in results:
+        by_type[str(r.meta.get("image_type"))].append((str(r.meta.get("image_id")), str(r.meta.get("qa_type", "")),
+                                                       float(r.score or 0.0)))
+    agg: dict[str, dict[str, float]] = {}
+    for rows in by_type.values():
+        for cat, m in _probmed_float(_probmed_score_dict(rows)).items():
+            a = agg.setdefault(cat, {"acc": 0.0, "acc_gt": 0.0, "num": 0, "num_gt": 0})
+            a["acc"] += m["acc"] * m["num"]
+            a["num"] += m["num"]
+            if "acc_gt" in m:
+                a["acc_gt"] += m["acc_gt"] * m["num"]
+                a["num_gt"] += m["num"]
+    out: dict[str, float] = {}
+    tot = {"acc": 0.0, "num": 0, "acc_gt": 0.0, "num_gt": 0}
+    for cat, a in agg.items():
+        if a["num"]:
+            out[cat] = a["acc"] / a["num"]
+            tot["acc"] += a["acc"]
+            tot["num"] += a["num"]
+        if a["num_gt"]:
+            tot["acc_gt"] += a["acc_gt"]
+            tot["num_gt"] += a["num_gt"]
+    if tot["num"]:
+        out["acc"] = tot["acc"] / tot["num"]
+    if tot["num_gt"]:
+        out["acc_gt"] = tot["acc_gt"] / tot["num_gt"]
+    return out
+
+
 def _mean_pct(scores: list[float]) -> float | None:
     return 100.0 * statistics.fmean(scores) if scores else None
 
 
-def summarise(results: Iterable[ItemResult | Mapping[str, Any]]) -> dict[str, float]:
+def summarise(results: Iterable[ItemResult | Mapping[str, Any]], probmed_metric: str = "official") -> dict[str, float]:
     """{benchmark: %, benchmark/sub: %}. Unscored items (score None) are left out and counted by `counts`.
 
-    - ProbMed (kind probmed): pair accuracy (both questions of a pair right), plus `probmed/question` (per question)
-      and `probmed/<qa_type>` pair accuracy when the items carry meta['qa_type'].
+    - ProbMed (kind probmed): the headline `probmed` is `probmed_metric`: `official` (ProbMed's own scorer,
+      `probmed_official`, with adversarial pairs; needs meta image_type / image_id / qa_type), `pair` (consecutive
+      pair_id groups all right) or `question` (per question). All three are reported: `probmed/official`,
+      `probmed/official_gt` (ground-truth questions alone), `probmed/<category>`, `probmed/pair`,
+      `probmed/question`.
     - CareQA-Vision (every benchmark whose key starts with `careqa_vision`, e.g. `careqa_vision_mcq` and
       `careqa_vision_open`, pooled): `careqa_vision/mcq`, `/open` (Table 3's CareQA-V MCQ / VQA) and
       `/nursing_mcq`, `/medicine_mcq`, `/nursing_open`, `/medicine_open` (Table 10); `careqa_vision` is the mean
@@ -292,18 +453,21 @@ def summarise(results: Iterable[ItemResult | Mapping[str, Any]]) -> dict[str, fl
     out: dict[str, float] = {}
     for bench, rs in sorted(by_bench.items()):
         if any(r.kind == "probmed" for r in rs):
-            acc, _, _ = probmed_pair_accuracy(rs)
-            if acc is not None:
-                out[bench] = acc
-            out[f"{bench}/question"] = _mean_pct([r.score for r in rs])
-            by_type: dict[str, list[ItemResult]] = defaultdict(list)
-            for r in rs:
-                if r.meta.get("qa_type"):
-                    by_type[str(r.meta["qa_type"])].append(r)
-            for qa_type, sub in sorted(by_type.items()):
-                acc, _, _ = probmed_pair_accuracy(sub)
-                if acc is not None:
-                    out[f"{bench}/{qa_type}"] = acc
+            if probmed_metric not in PROBMED_METRICS:
+                raise ValueError(f"probmed_metric {probmed_metric!r}: expected one of {', '.join(PROBMED_METRICS)}")
+            cells: dict[str, float | None] = {"question": _mean_pct([r.score for r in rs])}
+            if all(r.meta.get("pair_id") is not None for r in rs):
+                cells["pair"] = probmed_pair_accuracy(rs)[0]
+            if all(r.meta.get("qa_type") and r.meta.get("image_id") is not None for r in rs):
+                off = probmed_official(rs)
+                cells["official"], cells["official_gt"] = off.get("acc"), off.get("acc_gt")
+                cells.update({c: off[c] for c in _PROBMED_CATEGORIES if c in off})
+            elif probmed_metric == "official":
+                raise ValueError(f"{bench}: ProbMed's official score needs meta image_id and qa_type on every item; "
+                                 "use probmed_metric=pair for a set without them")
+            if cells.get(probmed_metric) is not None:
+                out[bench] = cells[probmed_metric]
+            out.update({f"{bench}/{k}": v for k, v in cells.items() if v is not None})
             continue
         out[bench] = _mean_pct([r.score for r in rs])
     # CareQA-Vision may come as one benchmark or as several keys (careqa_vision_mcq, careqa_vision_open): the

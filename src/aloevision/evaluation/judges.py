@@ -29,7 +29,10 @@ GRID = (0.0, 0.5, 1.0)
 DEFAULT_JUDGES = (  # the paper's three judges (section 4)
     "Qwen/Qwen2.5-VL-72B-Instruct",
     "meta-llama/Llama-3.3-70B-Instruct",
-    "allenai/Olmo-3-32B-Instruct",
+    # "Olmo-3-32B" in the paper: Olmo 3 (Nov 2025) shipped the 32B only as Think and base models (there is no
+    # allenai/Olmo-3-32B-Instruct); the 32B instruction model is Olmo 3.1's. A judge must answer "Score: x" in a few
+    # tokens, which a Think model (long reasoning first) does not, hence the Instruct model.
+    "allenai/Olmo-3.1-32B-Instruct",
 )
 
 RUBRIC_PROMPT = """You are an expert medical evaluator. Compare a model's answer to the reference answer of a \
@@ -197,6 +200,28 @@ class VllmJudge:
     def generate(self, prompts: list[str]) -> list[str]:
         messages = [[{"role": "user", "content": p}] for p in prompts]
         return [o.outputs[0].text for o in self.llm.chat(messages, self.params, use_tqdm=False)]
+
+
+class RulesJudge:
+    """A deterministic judge without a model (`rules` in eval.judges): NOT the paper's protocol, for offline smoke
+    runs and tests. It reads the reference and the model answer back from the rubric prompt and grades word recall:
+    every reference word in the answer -> 1.0, at least half -> 0.5, else 0.0."""
+
+    name = "rules"
+    _REF = re.compile(r"Reference answer: (.*?)\nModel answer: (.*?)\n\nReply with one line", re.S)
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        out = []
+        for p in prompts:
+            m = self._REF.search(p)
+            if not m:
+                out.append("")
+                continue
+            ref = set(re.findall(r"\w+", m.group(1).lower()))
+            ans = set(re.findall(r"\w+", m.group(2).lower()))
+            recall = len(ref & ans) / len(ref) if ref else 0.0
+            out.append(f"Score: {1.0 if recall == 1.0 else 0.5 if recall >= 0.5 else 0.0}")
+        return out
 
 
 def make_judge(spec: str, backend: str = "transformers", **kwargs) -> JudgeBackend:
@@ -367,7 +392,9 @@ def judge_backends(specs: Sequence[str], backend: str = "transformers", *, self_
     the demo uses "self" so the tiny model judges offline."""
     judges: list[JudgeBackend] = []
     for spec in specs:
-        if spec == "self":
+        if spec == "rules":
+            judges.append(RulesJudge())
+        elif spec == "self":
             if self_model is None:
                 raise ValueError("judge 'self' needs the evaluated model (self_model=(model, processor))")
             judges.append(TransformersJudge(*self_model, name="self", max_new_tokens=max_new_tokens,

@@ -19,7 +19,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -156,20 +156,133 @@ def harness_available(name: str) -> bool:
     return harness_status(name).startswith(("installed", "built-in"))
 
 
+def _opt(bench, name: str, default=None):
+    if isinstance(bench, Mapping):
+        return bench.get(name, default)
+    return getattr(bench, name, default)
+
+
 def benchmark_tasks(key: str, bench) -> list[str]:
     """lm-eval tasks of a configured benchmark: options.tasks (list) or options.task, else bench.name, else key;
-    with options.subjects and the task `mmlu`, the per-subject tasks `mmlu_<subject>` instead."""
-    opts = dict(getattr(bench, "options", {}) or {})
-    tasks = opts.get("tasks") or [opts.get("task") or getattr(bench, "name", None) or key]
-    tasks = [str(t) for t in (tasks if isinstance(tasks, (list, tuple)) else [tasks])]
+    with options.subjects and the task `mmlu`, the per-subject tasks `mmlu_<subject>` instead. `bench` is a plain
+    dict (or an object with the same attributes); a composed OmegaConf node is converted first."""
+    from aloevision.evaluation.runner import plain
+
+    bench = plain(bench)
+    opts = dict(plain(_opt(bench, "options", {})) or {})
+    tasks = opts.get("tasks") or [opts.get("task") or _opt(bench, "name") or key]
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if not isinstance(tasks, (list, tuple)):
+        raise TypeError(f"benchmark {key}: options.tasks must be a list of lm-eval task names, got {tasks!r}")
+    tasks = [str(t) for t in tasks]
     subjects = opts.get("subjects")
     if subjects and tasks == ["mmlu"]:
         tasks = [f"mmlu_{s}" for s in subjects]
     return tasks
 
 
+def _task_manager(tasks: Sequence[str]):
+    from lm_eval.tasks import TaskManager
+
+    local = _local_task_names([TASKS_DIR])
+    return TaskManager(include_path=[str(TASKS_DIR)], include_defaults=not set(tasks) <= local)
+
+
+def task_dataset_configs(tasks: Sequence[str], tm=None) -> list[tuple[str, str | None]]:
+    """(Hub dataset repo, config name) of every leaf task lm-eval runs for `tasks` (groups and tags expanded), read
+    from lm-eval's own task index (no dataset is touched)."""
+    tm = tm or _task_manager(tasks)
+    index = tm.task_index
+    out: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+
+    def walk(spec):
+        name = spec.get("task") if isinstance(spec, Mapping) else spec
+        if isinstance(name, (list, tuple)):
+            for n in name:
+                walk(n)
+            return
+        name = str(name)
+        if name in seen:
+            return
+        seen.add(name)
+        entry = index.get(name)
+        if entry is None:
+            raise ValueError(f"lm-eval does not know task or group {name!r}")
+        kind = getattr(entry.kind, "name", str(entry.kind)).upper()
+        cfg = entry.cfg or {}
+        if kind == "TAG":
+            for t in sorted(n for n, e in index.items() if name in (e.tags or set())):
+                walk(t)
+        elif kind == "GROUP":
+            members = cfg.get("task") or []
+            walk(members if isinstance(members, list) else [members])
+        elif cfg.get("dataset_path") and not cfg.get("custom_dataset"):
+            pair = (str(cfg["dataset_path"]), cfg.get("dataset_name"))
+            if pair not in out:
+                out.append(pair)
+
+    for t in tasks:
+        walk(t)
+    return out
+
+
+def task_datasets(tasks: Sequence[str], tm=None) -> list[str]:
+    """The Hugging Face dataset repos lm-eval reads for `tasks`."""
+    repos: list[str] = []
+    for repo, _ in task_dataset_configs(tasks, tm):
+        if repo not in repos:
+            repos.append(repo)
+    return repos
+
+
+def local_dataset_dir(root: str | Path, repo: str) -> Path | None:
+    """`<root>/<owner>/<name>` when it holds a downloaded copy of the dataset repo (what the fetch command writes)."""
+    p = Path(str(root)).expanduser() / repo
+    return p if p.is_dir() and any(p.iterdir()) else None
+
+
+class local_datasets:
+    """While active, `datasets.load_dataset(<owner>/<name>, ...)` reads `<root>/<owner>/<name>` when it exists: how
+    lm-eval's stock tasks (which name Hub ids) read a local copy of their datasets on an offline node. A copy with a
+    README `configs:` block loads by config name (cais/mmlu's layout); a copy of a Parquet export
+    (`<config>/<split>/*.parquet`, no README) loads from its config's folder."""
+
+    def __init__(self, root: str | Path | None):
+        self.root = root
+        self._orig = None
+
+    def __enter__(self):
+        import datasets
+
+        if not self.root:
+            return self
+        self._orig = orig = datasets.load_dataset
+        root = self.root
+
+        def load_dataset(path=None, name=None, *args, **kwargs):
+            local = local_dataset_dir(root, str(path)) if isinstance(path, str) else None
+            if local is None:
+                return orig(path, name, *args, **kwargs)
+            kwargs.pop("trust_remote_code", None)
+            if name and not (local / "README.md").is_file() and (local / name).is_dir():
+                return orig(str(local / name), None, *args, **kwargs)
+            return orig(str(local), name, *args, **kwargs)
+
+        datasets.load_dataset = load_dataset
+        return self
+
+    def __exit__(self, *exc):
+        if self._orig is not None:
+            import datasets
+
+            datasets.load_dataset = self._orig
+        return False
+
+
 def run_benchmark(model, tokenizer, key: str, bench, *, out_dir: str | Path | None = None, batch_size: int = 8,
-                  seed: int = 0) -> dict[str, float]:
+                  seed: int = 0, hf_datasets_dir: str | Path | None = None) -> dict[str, float]:
     """One configured benchmark (`BenchmarkConfig`, harness lm_eval) on a loaded model: {key: %, key/<task>: %}.
 
     bench.options: `task` / `tasks` / `subjects` (see `benchmark_tasks`), `num_fewshot`, `data_file` (for the local
@@ -180,13 +293,17 @@ def run_benchmark(model, tokenizer, key: str, bench, *, out_dir: str | Path | No
     """
     import json
 
-    opts = dict(getattr(bench, "options", {}) or {})
+    from aloevision.evaluation.runner import plain
+
+    bench = plain(bench)
+    opts = dict(plain(_opt(bench, "options", {})) or {})
     tasks = benchmark_tasks(key, bench)
-    path = getattr(bench, "path", None)
+    path = _opt(bench, "path")
     data_file = opts.get("data_file") or (path if path and Path(str(path)).is_file() else None)
     lm = make_hflm(model, tokenizer, batch_size=batch_size)
-    results = run_lm_eval(lm, tasks, limit=getattr(bench, "max_samples", None), num_fewshot=opts.get("num_fewshot"),
-                          metadata={"data_file": str(data_file)} if data_file else None, seed=seed)
+    with local_datasets(hf_datasets_dir):
+        results = run_lm_eval(lm, tasks, limit=_opt(bench, "max_samples"), num_fewshot=opts.get("num_fewshot"),
+                              metadata={"data_file": str(data_file)} if data_file else None, seed=seed)
     metric = str(opts.get("metric", "acc"))
     per_task = metrics_from_results(results, {t: t for t in tasks}, metric)
     if len(tasks) == 1:

@@ -46,7 +46,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("the AR experiment is a second SFT stage: give the first stage's model with "
                           "train.init_from=<stage-1 run folder> (or a checkpoint path)")
     if cfg.stage == "all" and cfg.eval.heart.enabled:
-        from aloevision.stages.heart_eval import check_heart_config
+        from aloevision.evaluation.heart_eval import check_heart_config
 
         check_heart_config(cfg)
 

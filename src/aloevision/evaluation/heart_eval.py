@@ -1,4 +1,4 @@
-"""HEART-style robustness evaluation (paper §4, Table 4), called by the eval stage when `eval.heart.enabled`.
+"""HEART-style robustness evaluation (paper §4, Table 4), called by the eval stage when `eval.heart.enabled` (library code: stages import it, never each other).
 
 The benchmark is a cached artifact built from `eval.heart.sources` (name -> base-item JSONL, see
 `aloevision.adversarial.heart_sources`; the value "demo" draws the two demo sources): every item unattacked plus
@@ -114,7 +114,7 @@ def build_benchmark(ctx):
 
 def generate_answers(model, processor, samples, max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers; the user turn is the sample's image(s) + its attacked prompt, as built."""
-    from aloevision.stages.eval import generate_chat
+    from aloevision.evaluation.generation import generate_chat
 
     turns = []
     for s in samples:
