@@ -126,19 +126,17 @@ def test_probmed_counts_a_pair_only_when_both_are_right():
         _pm("p4", 0, "yes", "yes", "body_part"), _pm("p4", 1, "no", "no", "body_part"),  # pair right
         _pm("p5", 0, "yes", "yes"),  # partner missing: reported, not scored as a pair
     ]
-    s = summarise(results)
-    assert s["probmed"] == pytest.approx(50.0)  # 2 of 4 complete pairs
+    s = summarise(results, probmed_metric="pair")  # explicit pair ids (the demo's layout), no image ids
+    assert s["probmed"] == pytest.approx(50.0) == s["probmed/pair"]  # 2 of 4 complete pairs
     assert s["probmed/question"] == pytest.approx(100 * 7 / 9)
-    assert s["probmed/modality"] == pytest.approx(50.0)
-    assert s["probmed/body_part"] == pytest.approx(50.0)
     c = counts(results)
     assert c["probmed/n_pairs"] == 4 and c["probmed/n_unpaired"] == 1
 
 
 def test_probmed_without_pair_id_is_a_clear_error():
     item = EvalItem(id="pm", benchmark="probmed", kind="probmed", question="Q?", answer="yes")
-    with pytest.raises(ValueError, match="pair_id"):
-        summarise([score_result(item, "yes")])
+    with pytest.raises(ValueError, match="image_id and qa_type"):
+        summarise([score_result(item, "yes")])  # the official score needs them
 
 
 def test_careqa_vision_table10_split():
@@ -181,3 +179,41 @@ def test_careqa_vision_split_over_two_benchmark_keys():
     assert s["careqa_vision/mcq"] == pytest.approx(50.0) and s["careqa_vision/open"] == pytest.approx(50.0)
     assert s["careqa_vision/nursing_mcq"] == 100.0 and s["careqa_vision/medicine_open"] == pytest.approx(50.0)
     assert s["careqa_vision"] == pytest.approx(50.0)
+
+
+def _pmo(image_id, qa_type, gt, pred, image_type="ct_chest"):
+    item = EvalItem(id=f"{image_id}-{qa_type}", benchmark="probmed", kind="probmed", question="Q?", answer=gt,
+                    meta={"image_id": image_id, "qa_type": qa_type, "image_type": image_type})
+    return score_result(item, pred)
+
+
+def test_probmed_official_pairing():
+    """ProbMed's own scorer: modality / body_part pairs per image, abnormality alone, entity_gt_k with entity_hallu_k
+    (all pairs of an image right), per category weighted by num; `official_gt` = the ground-truth questions alone."""
+    rows = [
+        # image 0: modality pair right, body_part pair wrong (hallucinated one answered yes), abnormality right,
+        # entity pairs 0 right and 1 wrong -> the image's entity group wrong
+        _pmo(0, "modality", "yes", "Yes"), _pmo(0, "modality", "no", "No"),
+        _pmo(0, "body_part", "yes", "Yes"), _pmo(0, "body_part", "no", "Yes"),
+        _pmo(0, "abnormality", "yes", "Yes"),
+        _pmo(0, "entity_gt_0", "yes", "Yes"), _pmo(0, "entity_hallu_0", "no", "No"),
+        _pmo(0, "entity_gt_1", "yes", "Yes"), _pmo(0, "entity_hallu_1", "no", "Yes"),
+        # image 1: modality gt wrong, abnormality wrong, entity_hallu alone right, grounding pair right
+        _pmo(1, "modality", "yes", "No"), _pmo(1, "modality", "no", "No"),
+        _pmo(1, "abnormality", "no", "Yes"), _pmo(1, "entity_hallu", "no", "No"),
+        _pmo(1, "grounding_gt_0", "yes", "Yes"), _pmo(1, "grounding_hallu_0", "no", "No"),
+    ]
+    s = summarise(rows)
+    # modality 1/2, body_part 0/1 (image 1 has none: empty, not counted), abnormality 1/2,
+    # entity 1/2 (image 0's group wrong, image 1's single right), grounding 1/1 with num 2 (image 0 counts)
+    assert s["probmed/modality"] == pytest.approx(50.0) and s["probmed/body_part"] == pytest.approx(0.0)
+    assert s["probmed/abnormality"] == pytest.approx(50.0) and s["probmed/entity"] == pytest.approx(50.0)
+    assert s["probmed/grounding"] == pytest.approx(100.0)
+    nums = {"modality": 2, "body_part": 1, "abnormality": 2, "entity": 2, "grounding": 2}
+    accs = {"modality": 50.0, "body_part": 0.0, "abnormality": 50.0, "entity": 50.0, "grounding": 100.0}
+    expect = sum(accs[c] * nums[c] for c in nums) / sum(nums.values())
+    assert s["probmed"] == pytest.approx(expect) == s["probmed/official"]
+    # ground truth alone: modality 1/2, body_part 1/1, entity 2/2, grounding 1/1 (abnormality has no pair)
+    gt = (50.0 * 2 + 100.0 * 1 + 100.0 * 2 + 100.0 * 2) / 7
+    assert s["probmed/official_gt"] == pytest.approx(gt)
+    assert s["probmed/question"] == pytest.approx(100 * 11 / 15)

@@ -75,7 +75,8 @@ def test_vlmevalkit_tsv(tmp_path):
     assert by["0"].answer == "B" and by["0"].options == {"A": "liver", "B": "lung", "C": "heart"}
     assert by["0"].images == [base64.b64decode(img)]
     assert by["0"].meta == {"category": "anatomy", "department": "Radiology"}
-    assert by["1"].images == by["0"].images and by["1"].question.startswith("Hint: a CT\n")
+    # the hint stays apart from the question: the prompt builder puts it first ("Hint: ...", VLMEvalKit)
+    assert by["1"].images == by["0"].images and by["1"].meta["hint"] == "a CT"
     assert len(by["2"].images) == 2 and by["2"].answer == "E" and len(by["2"].options) == 5
     assert by["5"].answer == "B"
     assert stats.rows == 10 and stats.items == 4
@@ -91,7 +92,9 @@ def test_vlmevalkit_tsv_parts_folder_and_open_rows(tmp_path):
     write_tsv(tmp_path / "part1.tsv", header, [[1, b64(png()), "q1?", "a", "b", "A"]])
     write_tsv(tmp_path / "part2.tsv", header, [[2, b64(png()), "open <image 1>?", "", "", "42 mg"]])
     items, stats = load_benchmark(bench("vlmevalkit_tsv", tmp_path, kind="mcq"))
-    assert [(i.id, i.kind, i.answer) for i in items] == [("1", "mcq", "A"), ("2", "open", "42 mg")]
+    # an open row (no options) becomes VLMEvalKit's two-option MMMU question: A = the reference, B = Other Answers
+    assert [(i.id, i.kind, i.answer) for i in items] == [("1", "mcq", "A"), ("2", "mcq", "A")]
+    assert items[1].options == {"A": "42 mg", "B": "Other Answers"} and items[1].meta["open_question"]
     assert not stats.skipped
 
 
@@ -195,7 +198,8 @@ def test_mmmu_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "Clinical_Medicine/validation-00000-of-00001.parquet")
     items, stats = load_benchmark(bench("mmmu", tmp_path, kind="mcq", split="validation",
                                         subjects=["Clinical_Medicine"]))
-    assert [(i.kind, i.answer) for i in items] == [("mcq", "C"), ("open", "5 mg")]
+    assert [(i.kind, i.answer) for i in items] == [("mcq", "C"), ("mcq", "A")]  # open: MMMU's two-option rewrite
+    assert items[1].options == {"A": "5 mg", "B": "Other Answers"} and items[1].meta["reference"] == "5 mg"
     assert items[0].options == {"A": "a", "B": "b", "C": "c"} and items[0].images == [png()]
     assert len(items[1].images) == 2 and items[0].meta["subject"] == "Clinical_Medicine"
     assert dict(stats.skipped) == {"bad_options": 1, "no_image": 1}
@@ -332,6 +336,7 @@ def test_paper_eval_config_keys():
             "careqa_vision_mcq", "careqa_vision_open"} == set(conf.benchmarks)
     harness = {k: v.harness for k, v in conf.benchmarks.items()}
     assert harness["multimedqa"] == harness["mmlu"] == "lm_eval"
-    assert {harness[k] for k in ("pathmmu", "gmai_mmbench", "omnimedvqa", "mmmu")} == {"vlmevalkit"}
+    # the multimodal sets run in the project's engine with VLMEvalKit's protocol (no harness value skips them)
+    assert {harness[k] for k in ("pathmmu", "gmai_mmbench", "omnimedvqa", "mmmu", "slake")} == {"builtin"}
     assert harness["probmed"] == harness["careqa_vision_mcq"] == "builtin"
     assert all(v.loader in LOADERS for v in conf.benchmarks.values())

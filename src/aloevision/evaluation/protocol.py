@@ -27,11 +27,13 @@ QWEN2VL_MAX_NEW_TOKENS = 2048
 
 MCQ_EN_PROMPT = "Please select the correct answer from the options above."
 MCQ_CN_PROMPT = "请直接回答选项字母。"
-YORN_PROMPT = " Please answer yes or no."
+YORN_PROMPT = " Please answer yes or no."  # Qwen2-VL's own Y/N prompt: HallusionBench and POPE only
 VQA_PROMPT = "\nPlease try to answer the question with short words or phrases if possible."
 
 # Which prompt a benchmark gets: VLMEvalKit's dataset type for the paper's sets (MMMU_DEV_VAL has its own builder).
-PROMPT_STYLES = ("mcq", "mmmu", "yorn", "vqa")
+# `yorn`: a Y/N set other than HallusionBench / POPE (ProbMed, added to VLMEvalKit as a custom Y/N set) is prompted by
+# ImageBaseDataset.build_prompt, the question alone; `yorn_qwen` adds Qwen2-VL's " Please answer yes or no.".
+PROMPT_STYLES = ("mcq", "mmmu", "yorn", "yorn_qwen", "vqa")
 
 
 def _cn(s: str) -> bool:
@@ -64,6 +66,8 @@ def build_prompt(style: str, question: str, options: Mapping[str, Any] | None = 
                 prompt += MCQ_CN_PROMPT if _cn(prompt) else MCQ_EN_PROMPT
         return prompt.rstrip()
     if style == "yorn":
+        return str(question)
+    if style == "yorn_qwen":
         return f"{question}{YORN_PROMPT}"
     if style == "vqa":
         return f"{question}{VQA_PROMPT}"
