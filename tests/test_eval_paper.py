@@ -22,8 +22,8 @@ def _paper_args(data, tiny_path, *extra):
 @pytest.mark.slow
 def test_eval_paper_scores_every_benchmark(run_launch, tmp_path, tiny_path):
     data = eval_fixtures.build(tmp_path / "data")
-    run_launch(*_paper_args(data, tiny_path))
-    run = sorted(tmp_path.glob("outputs/runs/*/*_eval"))[-1]
+    run_launch(*_paper_args(data, tiny_path, "group=paper_suite"))
+    run = sorted(tmp_path.glob("outputs/runs/paper_suite/*_eval"))[-1]
     rec = json.loads((run / "run_record.json").read_text())
     assert rec["status"] == "finished", rec.get("error")
     metrics = rec["metrics"]
@@ -48,6 +48,21 @@ def test_eval_paper_scores_every_benchmark(run_launch, tmp_path, tiny_path):
     assert {"eval/probmed/official", "eval/probmed/question", "eval/probmed/official_gt"} <= set(metrics)
     assert {"eval/careqa_vision/nursing_mcq", "eval/careqa_vision/medicine_open"} <= set(metrics)
 
+    # stage=report rebuilds Table 3 and Table 10 from this run: a number in every paper column
+    run_launch("stage=report", "report.group=paper_suite")
+    reports = sorted(tmp_path.glob("outputs/runs/*/*_report/report"))
+    assert reports, "no report written"
+    import csv
+
+    from aloevision.report.tables import TABLE3_COLUMNS, TABLE10_COLUMNS
+
+    for table, columns in (("table3", TABLE3_COLUMNS), ("table10", TABLE10_COLUMNS)):
+        csvs = sorted(reports[-1].glob(f"*{table}*.csv"))
+        assert csvs, f"no {table} CSV in {reports[-1]}: {sorted(p.name for p in reports[-1].iterdir())}"
+        rows = list(csv.DictReader(open(csvs[-1])))
+        measured = {r["benchmark"] for r in rows if r.get("measured") not in (None, "")}
+        assert set(columns) <= measured, (table, set(columns) - measured)
+
 
 @pytest.mark.slow
 def test_a_failing_benchmark_keeps_the_others(run_launch, tmp_path, tiny_path):
@@ -69,3 +84,32 @@ def test_missing_benchmark_file_is_a_startup_error(run_launch, tmp_path):
     err = proc.stdout + proc.stderr
     assert "benchmark pathmmu" in err and "PathMMU_TEST.tsv" in err and "aloevision.evalsets.fetch" in err
     assert "benchmark mmlu" in err and "cais/mmlu" in err
+
+
+def test_ablation_presets_evaluate_on_the_paper_suite_with_a_real_model():
+    from conftest import compose
+
+    for exp in ("ablation_mixture", "ablation_leakage", "ablation_filtering"):
+        assert compose([f"+experiment={exp}"]).eval.name == "demo"  # the tiny model: the demo sets
+        for model in ("qwen2vl_7b", "qwen2vl_72b"):
+            cfg = compose([f"+experiment={exp}", f"model={model}"])
+            assert cfg.eval.name == "paper" and len(cfg.eval.benchmarks) == 10
+        # an explicit choice still wins
+        assert compose([f"+experiment={exp}", "model=qwen2vl_7b", "eval=demo"]).eval.name == "demo"
+
+
+def test_fetch_plan_covers_every_paper_path(tmp_path):
+    """The fetch command writes where conf/eval/paper.yaml reads (builtin sets) and every lm-eval dataset repo."""
+    from conftest import compose
+
+    from aloevision.evalsets.fetch import plan
+    from aloevision.evaluation.lm_eval_task import task_datasets
+
+    cfg = compose(["eval=paper", f"paths.data_dir={tmp_path}"])
+    dests = [str(tmp_path / "eval" / s.dest) for sources in plan().values() for s in sources]
+    for key, bench in cfg.eval.benchmarks.items():
+        if bench.harness == "lm_eval":
+            for repo in task_datasets(list(bench.options.tasks)):
+                assert str(tmp_path / "eval" / "hf" / repo) in dests, (key, repo)
+        else:
+            assert any(str(bench.path).startswith(d) for d in dests), (key, bench.path)
