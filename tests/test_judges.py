@@ -3,6 +3,7 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,25 @@ def test_score_open_with_self_judge_and_scripted_judges(tmp_path):
     assert rows[0]["votes"]["j2"] == 1.0 and "self" in rows[0]["raw"] and rows[1]["majority"] == 0.0
     with pytest.raises(ValueError, match="self_model"):
         score_open(items, preds, ["self"])
+
+
+def test_rules_judge_grades_word_recall_through_the_rubric_prompt(tmp_path):
+    from aloevision.evalsets.base import EvalItem
+    from aloevision.evaluation.judges import score_open
+
+    items = [EvalItem(str(i), "slake", "open", "Which organ?", "left lung") for i in range(3)]
+    preds = ["The left lung.", "lung", "liver"]
+    results, report = score_open(items, preds, ["rules"], out_dir=tmp_path, name="j")
+    assert [r.score for r in results] == [1.0, 0.5, 0.0]
+    assert report["judges"] == ["rules"] and (tmp_path / "j.jsonl").is_file()
+
+
+def test_paper_judges_are_existing_instruct_models():
+    from omegaconf import OmegaConf
+
+    from aloevision.evaluation.judges import DEFAULT_JUDGES
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/eval/paper.yaml")
+    assert list(conf.judges) == list(DEFAULT_JUDGES)
+    # Olmo 3 has no 32B Instruct; the 32B instruction model is Olmo 3.1's (docs/evaluation.md)
+    assert "allenai/Olmo-3.1-32B-Instruct" in DEFAULT_JUDGES and "allenai/Olmo-3-32B-Instruct" not in DEFAULT_JUDGES

@@ -147,7 +147,9 @@ class TransformersJudge:
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         config = AutoConfig.from_pretrained(path)
         cls_ = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-        model = cls_.from_pretrained(path, dtype=torch_dtype)
+        # A 70B judge does not fit one GPU: spread it over the node's GPUs unless a device is given.
+        extra = {"device_map": "auto"} if device is None and torch.cuda.is_available() else {}
+        model = cls_.from_pretrained(path, dtype=torch_dtype, **extra)
         if device:
             model = model.to(device)
         model.eval()
@@ -406,6 +408,19 @@ def judge_backends(specs: Sequence[str], backend: str = "transformers", *, self_
     return judges
 
 
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def score_open(items: Sequence[Any], predictions: Sequence[str], judges: Sequence[str | JudgeBackend], *,
                backend: str = "transformers", self_model: tuple | None = None, out_dir: str | Path | None = None,
                labels_file: str | Path | None = None, name: str = "judges") -> tuple[list, dict[str, Any]]:
@@ -417,10 +432,20 @@ def score_open(items: Sequence[Any], predictions: Sequence[str], judges: Sequenc
     """
     import json
 
-    backends: list[JudgeBackend] = []
+    # One judge in memory at a time (the paper's three are 72B + 70B + 32B): load, grade everything, release.
+    parts: list[JudgeRun] = []
     for j in judges:
-        backends += judge_backends([j], backend, self_model=self_model) if isinstance(j, str) else [j]
-    run = judge_items(items, predictions, backends)
+        jb = judge_backends([j], backend, self_model=self_model)[0] if isinstance(j, str) else j
+        parts.append(judge_items(items, predictions, [jb]))
+        if isinstance(j, str) and j not in ("self", "rules"):
+            del jb
+            _release_memory()
+    if not parts:
+        raise ValueError("no judges configured (eval.judges is empty)")
+    votes = [p.votes[0] for p in parts]
+    run = JudgeRun(parts[0].item_ids, [p.judges[0] for p in parts], votes, [p.raw[0] for p in parts],
+                   [majority_vote([v[i] for v in votes]) for i in range(len(items))],
+                   {k: v for p in parts for k, v in p.parse_failures.items()})
     results = score_open_results(items, run)
     for r, p in zip(results, predictions):
         r.prediction = p

@@ -54,6 +54,12 @@ def run(ctx) -> dict[str, Any]:
     if errors:
         raise ConfigError("evaluation cannot start:\n  " + "\n  ".join(errors))
 
+    from aloevision import distributed
+
+    if distributed.detect().distributed:
+        # Several ranks (srun / torchrun): shard the items instead of every rank evaluating everything. Ranks wait
+        # for each other at every benchmark's gather, and rank 0 alone runs lm-eval, hence the long timeout.
+        distributed.setup(init_process_group=True, timeout_s=6 * 3600)
     path = model_under_test(ctx)
     # Evaluation pixel bounds (VLMEvalKit's Qwen2-VL entry in eval=paper); unset: the model's own.
     processor = load_processor(path, min_pixels=int(ev.get("min_pixels") or cfg.model.min_pixels),
