@@ -139,3 +139,31 @@ def test_run_benchmark_several_tasks_is_their_sample_weighted_mean(tiny):
     scores = run_benchmark(model, tok, "demo", bench)
     a, b = scores["demo/demo_medmcqa"], scores["demo/demo_medmcqa_text"]
     assert scores["demo"] == pytest.approx((a + b) / 2)  # 4 samples each
+
+
+def test_benchmark_tasks_from_the_composed_paper_config():
+    """The composed node (a ListConfig of tasks) gives lm-eval task names, not the string "['multimedqa']"."""
+    from conftest import compose
+
+    from aloevision.evaluation.lm_eval_task import benchmark_tasks
+
+    cfg = compose(["eval=paper"])
+    assert benchmark_tasks("multimedqa", cfg.eval.benchmarks.multimedqa) == ["multimedqa"]
+    assert benchmark_tasks("mmlu", cfg.eval.benchmarks.mmlu) == ["mmlu"]  # the full group, not 6 subjects
+
+
+def test_group_datasets_and_the_local_redirect(tmp_path):
+    import datasets
+
+    import eval_fixtures
+    from aloevision.evaluation.lm_eval_task import local_datasets, task_dataset_configs
+
+    pairs = task_dataset_configs(["multimedqa"])
+    assert ("bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source") in pairs and ("cais/mmlu", "anatomy") in pairs
+    assert len(task_dataset_configs(["mmlu"])) == 57
+    eval_fixtures.build_hf(tmp_path)
+    with local_datasets(tmp_path):
+        # a repo with README configs, and a Parquet export without README
+        assert datasets.load_dataset("cais/mmlu", "anatomy")["test"].num_rows == 2
+        assert datasets.load_dataset("bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source")["test"].num_rows == 3
+    assert datasets.load_dataset is not None and getattr(datasets.load_dataset, "__name__", "") == "load_dataset"
