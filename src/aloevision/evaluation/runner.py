@@ -72,9 +72,18 @@ def sharded(fn: Callable[[list], list], items: list, rank: int, world: int) -> l
         return fn(items)
     import torch.distributed as dist
 
-    mine = fn(items[rank::world])
+    # A rank that fails still joins the gather (with its error), so the others never wait for it forever and every
+    # rank raises the same error for this benchmark.
+    try:
+        mine, err = fn(items[rank::world]), None
+    except Exception as e:  # noqa: BLE001
+        mine, err = [], f"{type(e).__name__}: {e}"
     parts: list = [None] * world
-    dist.all_gather_object(parts, mine)
+    dist.all_gather_object(parts, (mine, err))
+    errors = [f"rank {r}: {e}" for r, (_, e) in enumerate(parts) if e]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    parts = [p for p, _ in parts]
     out: list = [None] * len(items)
     for r, part in enumerate(parts):
         for j, value in enumerate(part):

@@ -89,7 +89,7 @@ def run(ctx) -> dict[str, Any]:
                     judge=judge, seed=int(cfg.seed))
     report = engine.run()
     metrics = dict(report["metrics"])
-    if (ev.get("heart") or {}).get("enabled"):
+    if (ev.get("heart") or {}).get("enabled") and engine.main:  # HEART is not sharded: rank 0 runs it
         from aloevision.evaluation.heart_eval import run_heart
 
         heart = {f"eval/{k}": v for k, v in run_heart(ctx, model, processor).items()}
