@@ -79,11 +79,14 @@ def test_a_failing_benchmark_keeps_the_others(run_launch, tmp_path, tiny_path):
 
 
 def test_missing_benchmark_file_is_a_startup_error(run_launch, tmp_path):
-    proc = run_launch("stage=eval", "eval=paper", f"paths.data_dir={tmp_path / 'nowhere'}", check=False)
+    # stage=all: the eval stage's check fails the job before ingest (not after hours of training)
+    proc = run_launch("stage=all", "eval=paper", "mixture=demo", f"paths.data_dir={tmp_path / 'nowhere'}",
+                      check=False)
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
     assert "benchmark pathmmu" in err and "PathMMU_TEST.tsv" in err and "aloevision.evalsets.fetch" in err
     assert "benchmark mmlu" in err and "cais/mmlu" in err
+    assert "== stage ingest" not in err
 
 
 def test_ablation_presets_evaluate_on_the_paper_suite_with_a_real_model():

@@ -166,7 +166,7 @@ def benchmark_tasks(key: str, bench) -> list[str]:
     """lm-eval tasks of a configured benchmark: options.tasks (list) or options.task, else bench.name, else key;
     with options.subjects and the task `mmlu`, the per-subject tasks `mmlu_<subject>` instead. `bench` is a plain
     dict (or an object with the same attributes); a composed OmegaConf node is converted first."""
-    from aloevision.evaluation.runner import plain
+    from aloevision.evaluation.values import plain
 
     bench = plain(bench)
     opts = dict(plain(_opt(bench, "options", {})) or {})
@@ -293,7 +293,7 @@ def run_benchmark(model, tokenizer, key: str, bench, *, out_dir: str | Path | No
     """
     import json
 
-    from aloevision.evaluation.runner import plain
+    from aloevision.evaluation.values import plain
 
     bench = plain(bench)
     opts = dict(plain(_opt(bench, "options", {})) or {})

@@ -27,22 +27,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from aloevision.evaluation.values import plain
+
 log = logging.getLogger(__name__)
 
 HARNESSES = ("builtin", "lm_eval")
 HARNESS_ALIASES = {"vlmevalkit": "builtin", "lmms_eval": "builtin"}
 FETCH_COMMAND = "python -m aloevision.evalsets.fetch --data-dir <paths.data_dir>"
-
-
-def plain(value: Any) -> Any:
-    """A composed OmegaConf node as plain dicts / lists (resolved); anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def harness_of(bench: Mapping[str, Any]) -> str:
