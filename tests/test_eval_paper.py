@@ -69,6 +69,12 @@ def test_a_failing_benchmark_keeps_the_others(run_launch, tmp_path, tiny_path):
     data = eval_fixtures.build(tmp_path / "data")
     # a benchmark whose every row is broken fails alone; the text groups are left out to keep this test short
     (data / "eval" / "pathmmu" / "PathMMU_TEST.tsv").write_text("index\tquestion\n1\t\n")
+    # a row whose image is valid base64 but not an image: that item is dropped and counted, GMAI still scores
+    import base64
+
+    junk = base64.b64encode(b"these bytes are not an image at all").decode()
+    with open(data / "eval" / "gmai_mmbench" / "GMAI-MMBench_VAL.tsv", "a") as f:
+        f.write(f"999\tBad image?\t\ta\tb\tc\td\tA\t{junk}\tx\n")
     run_launch(*_paper_args(data, tiny_path, "~eval.benchmarks.multimedqa", "~eval.benchmarks.mmlu"))
     run = sorted(tmp_path.glob("outputs/runs/*/*_eval"))[-1]
     rec = json.loads((run / "run_record.json").read_text())
@@ -76,6 +82,8 @@ def test_a_failing_benchmark_keeps_the_others(run_launch, tmp_path, tiny_path):
     assert report["failed"] == ["pathmmu"]
     assert "no items" in report["benchmarks"]["pathmmu"]["error"]
     assert isinstance(rec["metrics"]["eval/gmai_mmbench"], float) and "eval/pathmmu" not in rec["metrics"]
+    assert report["load_stats"]["gmai_mmbench"]["skipped"]["undecodable_image"] == 1
+    assert report["benchmarks"]["gmai_mmbench"]["dropped"] == 1 and report["benchmarks"]["gmai_mmbench"]["items"] == 4
 
 
 def test_missing_benchmark_file_is_a_startup_error(run_launch, tmp_path):

@@ -59,12 +59,20 @@ def _device(model):
     return getattr(model, "device", None) or next(model.parameters()).device
 
 
+class UndecodableImage(str):
+    """The answer slot of a turn whose image could not be decoded (the reason is the string): the turn is not sent
+    to the model, and the caller counts the item as dropped instead of scoring it."""
+
+
 def generate_chat(model, processor, turns, max_new_tokens: int, batch_size: int, desc: str,
                   progress: bool = True) -> list[str]:
     """Greedy answers to single user turns, batched with left padding. `turns`: (content parts, images) pairs, the
-    parts in TRL's format ({"type": "image"} / {"type": "text", "text": ...}), images in placeholder order."""
+    parts in TRL's format ({"type": "image"} / {"type": "text", "text": ...}), images in placeholder order. A turn
+    whose image fails to decode gets an `UndecodableImage` (with the reason) instead of an answer."""
     import torch
     from tqdm.auto import tqdm
+
+    from aloevision.images import ImageError
 
     tok = processor.tokenizer
     tok.padding_side = "left"  # decoder-only batch generation pads on the left
@@ -73,15 +81,28 @@ def generate_chat(model, processor, turns, max_new_tokens: int, batch_size: int,
     starts = range(0, len(turns), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
         batch = turns[start : start + batch_size]
-        texts = [processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                               add_generation_prompt=True) for content, _ in batch]
-        images = [load_pil(im) for _, imgs in batch for im in imgs]
-        enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        out.extend(tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True,
-                                    clean_up_tokenization_spaces=False))
+        answers: list = [None] * len(batch)
+        texts, images, slots = [], [], []
+        for i, (content, imgs) in enumerate(batch):
+            try:
+                decoded = [load_pil(im) for im in imgs]
+            except ImageError as e:  # one bad image costs its item (counted by the caller), not the benchmark
+                answers[i] = UndecodableImage(str(e)[:200])
+                continue
+            texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                       add_generation_prompt=True))
+            images.extend(decoded)
+            slots.append(i)
+        if texts:
+            enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+            decoded_out = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True,
+                                           clean_up_tokenization_spaces=False)
+            for i, text in zip(slots, decoded_out):
+                answers[i] = text
+        out.extend(answers)
     return out
 
 

@@ -225,7 +225,7 @@ class Engine:
     def run_builtin(self, key: str, bench: dict) -> dict[str, Any]:
         from aloevision.evalsets import load_benchmark
         from aloevision.evaluation.answers import OPEN_KINDS, counts, score_result, summarise
-        from aloevision.evaluation.generation import generate, loglik_choices
+        from aloevision.evaluation.generation import UndecodableImage, generate, loglik_choices
 
         s = self.settings
         matching = str(s.get("matching", "exact"))
@@ -254,10 +254,22 @@ class Engine:
                                       groups[g], self.rank, self.world)
         if not self.main:
             return {"status": "scored", "note": "answers gathered on rank 0"}
+        # Items whose image could not be decoded: dropped with the reason, counted, never scored as a wrong answer.
+        dropped = []
+        for g in ("gen", "open"):
+            if g in preds_of:
+                keep = [(it, p) for it, p in zip(groups[g], preds_of[g]) if not isinstance(p, UndecodableImage)]
+                dropped += [(it.id, str(p)) for it, p in zip(groups[g], preds_of[g]) if isinstance(p, UndecodableImage)]
+                groups[g], preds_of[g] = [it for it, _ in keep], [p for _, p in keep]
+        if dropped:
+            log.warning("%s: %d item(s) dropped, image not decodable (e.g. %s)", key, len(dropped), dropped[0])
+            stats_d = self.report["load_stats"][key]
+            stats_d.setdefault("skipped", {})["undecodable_image"] = len(dropped)
+            stats_d.setdefault("examples", {})["undecodable_image"] = [f"{i}: {r}" for i, r in dropped[:3]]
         for g in ("text_mcq", "gen"):
             if g in preds_of:
                 results += [score_result(it, p, matching) for it, p in zip(groups[g], preds_of[g])]
-        if "open" in preds_of:
+        if groups["open"]:
             if self.judge is None:
                 raise RuntimeError(f"{key}: {len(groups['open'])} open-ended items and no judge configured")
             results += self.judge(key, bench, groups["open"], preds_of["open"])
@@ -283,5 +295,6 @@ class Engine:
             self.report["metrics"][f"eval_{other}/{key}"] = mine[f"eval_{other}/{key}"]
         if f"eval/{key}" not in mine:
             raise RuntimeError(f"{key}: {len(results)} items answered but no score came out (all unscored?)")
-        return {"status": "scored", "harness": "builtin", "items": len(items), "matching": matching,
+        return {"status": "scored", "harness": "builtin", "items": len(items), "dropped": len(dropped),
+                "matching": matching,
                 "prompt_style": style or "per item", "metrics": mine, "counts": n}
