@@ -78,8 +78,8 @@ mc_env = {"pd": pd, "string": __import__("string"), "rd": __import__("random"), 
           "cn_string": misc["cn_string"], "build_option_str": vlm["build_option_str"],
           "logger": logging.getLogger("vlmeval"), "re": __import__("re")}
 functions(VLMK / "vlmeval/dataset/utils/multiple_choice.py",
-          ["MMMU_preproc", "build_choices", "build_prompt", "build_prompt_cn", "build_prompt_blink", "build_prompt_wemath",
-           "build_prompt_LEGO", "extract_answer_from_item", "eval_vanilla"], mc_env)
+          ["MMMU_preproc", "build_choices", "build_prompt", "build_prompt_cn", "build_prompt_blink",
+           "build_prompt_wemath", "build_prompt_LEGO", "extract_answer_from_item", "eval_vanilla"], mc_env)
 yorn_env = {"process_punctuation": misc["process_punctuation"]}
 functions(VLMK / "vlmeval/dataset/utils/yorn.py", ["YOrN_Extraction"], yorn_env)
 base_build_prompt = method_source(VLMK / "vlmeval/dataset/image_base.py", "ImageBaseDataset", "build_prompt",
@@ -130,8 +130,8 @@ MCQ_ROWS = {
     "GMAI-MMBench_VAL": [
         {"index": 10, "question": "What modality is used?", "hint": NaN, "A": "CT", "B": "MRI", "C": "X-ray",
          "D": "Ultrasound", "answer": "B"},
-        {"index": 11, "question": "图中显示的是哪个器官？", "hint": NaN, "A": "肝", "B": "肺", "C": "心", "D": "肾",
-         "answer": "B"},
+        {"index": 11, "question": "图中显示的是哪个器官？", "hint": NaN,
+         "A": "肝", "B": "肺", "C": "心", "D": "肾", "answer": "B"},
     ],
     "OmniMedVQA": [
         {"index": 20, "question": "Is this image normal or abnormal?", "hint": NaN, "A": "normal",

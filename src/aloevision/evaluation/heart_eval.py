@@ -1,4 +1,5 @@
-"""HEART-style robustness evaluation (paper §4, Table 4), called by the eval stage when `eval.heart.enabled` (library code: stages import it, never each other).
+"""HEART-style robustness evaluation (paper §4, Table 4), called by the eval stage when `eval.heart.enabled`
+(library code: stages import it, never each other).
 
 The benchmark is a cached artifact built from `eval.heart.sources` (name -> base-item JSONL, see
 `aloevision.adversarial.heart_sources`; the value "demo" draws the two demo sources): every item unattacked plus
