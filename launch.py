@@ -4,6 +4,7 @@
     python launch.py stage=plan mixture=final model=qwen2vl_7b cluster=marenostrum5
     python launch.py -m +experiment=ablation_mixture   # one job per table row
     python launch.py stage=report report.group=ablation_mixture
+    python launch.py --help                            # stages, config groups and options, presets, commands
 """
 
 import os
@@ -18,9 +19,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PY
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from aloevision.cli import scrub_log_records  # noqa: E402
 from aloevision.config import register_configs  # noqa: E402
 
 register_configs()
+scrub_log_records()  # before Hydra logs the overrides it launches
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -325,6 +325,18 @@ def for_stage(stage, training_value, other_value):
     return training_value if str(stage) in TRAINING_STAGES else other_value
 
 
+def output_dir() -> str:
+    """`${aloe.output_dir:}`: the job's run folder (Hydra's runtime.output_dir); before a job runs (`--cfg job
+    --resolve`) the folder a run would get."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.get()
+    if not OmegaConf.is_missing(hc.runtime, "output_dir") and hc.runtime.output_dir:
+        return str(hc.runtime.output_dir)
+    return str(hc.run.dir)
+
+
 def register_configs() -> None:
     from omegaconf import OmegaConf
 
@@ -332,6 +344,13 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("aloe.nodes", nodes_for)
     if not OmegaConf.has_resolver("aloe.for_stage"):
         OmegaConf.register_new_resolver("aloe.for_stage", for_stage)
+    if not OmegaConf.has_resolver("aloe.run_tag"):
+        # `_mixture=final,train.max_steps=2`: run and sweep folders named by the choices that differ.
+        from aloevision.tracking import default_group, folder_tag
+
+        OmegaConf.register_new_resolver("aloe.run_tag", folder_tag)
+        OmegaConf.register_new_resolver("aloe.group", default_group)
+        OmegaConf.register_new_resolver("aloe.output_dir", output_dir)
     if not OmegaConf.has_resolver("aloe.cwd"):
         # The launch directory. (${hydra:runtime.cwd} is not set yet when Hydra resolves a multirun's sweep dir.)
         import os
@@ -369,8 +388,45 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and says how to fix it."""
 
 
+def unknown_keys(node, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Keys in schema-checked sections that the schema does not have, with the schema's keys at that level.
+    Hydra's `+key=value` adds a key even to a structured (struct) node, so `+train.max_step=5` would otherwise be
+    accepted and ignored."""
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+
+    found: list[tuple[str, list[str]]] = []
+    if isinstance(node, DictConfig):
+        typ = OmegaConf.get_type(node)
+        fields = [f.name for f in dataclasses.fields(typ)] if dataclasses.is_dataclass(typ) else None
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if fields is not None and key not in fields:
+                found.append((path, fields))
+                continue
+            if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                found += unknown_keys(child, f"{path}.")
+    return found
+
+
 def validate(cfg) -> None:
     """Cross-field checks that structured configs cannot express. Raises ConfigError."""
+    bad = unknown_keys(cfg)
+    if bad:
+        import difflib
+
+        msgs = []
+        for path, fields in bad:
+            near = difflib.get_close_matches(path.rsplit(".", 1)[-1], fields, n=1)
+            msgs.append(f"'{path}' is not a config key" + (f" (did you mean '{path.rsplit('.', 1)[0]}.{near[0]}'?)"
+                                                          if near and "." in path else
+                                                          f" (did you mean '{near[0]}'?)" if near else ""))
+        raise ConfigError("; ".join(msgs) + ". `+key=` adds a key only to free-form sections (mixture.targets, "
+                          "mixture.sources, source options ...); settings in the schema are set without `+`")
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(STAGES)}")
     if cfg.upstream not in ("build", "require"):

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aloevision.artifacts import ArtifactStore, MissingArtifact
 from aloevision.config import ConfigError, validate
-from aloevision.tracking import Tracker
+from aloevision.tracking import Tracker, close_tracker, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -189,25 +189,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     is_main = detect().is_main  # torchrun / srun / submitit ranks: rank 0 records the job
     if is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    choices, overrides = hydra_choices()
-    tracker = Tracker(
-        run_dir,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        choices=choices,
-        overrides=overrides,
-        wandb_cfg=OmegaConf.to_container(cfg.wandb, resolve=True),
-        # A report run files itself under the group it reports on (its table sits beside the runs in W&B).
-        group=cfg.report.group if cfg.stage == "report" and cfg.report.group else cfg.group,
-        job_type=cfg.stage,
-        enabled=is_main,
-    )
+    tracker = start_tracker(cfg, run_dir, resolve(cfg), enabled=is_main)  # name / group / job_type / tags
     ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, store=ArtifactStore(cfg.paths.cache_dir))
-    status = "failed"
+    error: BaseException | None = None
     try:
-        execute(ctx, overrides)
-        status = "finished"
+        execute(ctx, hydra_choices()[1])
+    except BaseException as e:  # recorded as interrupted (Ctrl-C / SIGTERM) or failed, with the error
+        error = e
+        raise
     finally:
-        tracker.finish(status)
+        close_tracker(tracker, error)
     return ctx.results
 
 
