@@ -65,10 +65,45 @@ def test_shares_must_sum_to_one(tmp_path):
 
 def test_cli_help_cfg_and_typo(run_launch):
     out = run_launch("--help", cache=False).stdout
-    assert "mixture: " in out and "model: " in out and "experiment" in out
+    # The app's help: every stage, every option of every group (not schema entries), every preset, commands.
+    from aloevision.config import STAGES
+
+    for stage in STAGES:
+        assert f"\n  {stage} " in out, stage
+    for group in GROUPS + ["source"]:
+        for option in _options(group):
+            assert option in out, f"{group}={option} missing from --help"
+    for preset in _options("experiment"):
+        assert f"\n  {preset} " in out, preset
+    assert "base_mixture" not in out and "+experiment=" in out and "stage=report report.group=" in out
     job = run_launch("--cfg", "job", "model=qwen2vl_7b", cache=False).stdout
     assert "Qwen/Qwen2-VL-7B-Instruct" in job and "global_batch_size: 1024" in job
+    resolved = run_launch("--cfg", "job", "--resolve", "mixture=final", "stage=plan", cache=False).stdout
+    assert "output_dir: " in resolved and "_plan_mixture=final" in resolved and "${" not in resolved
     bad = run_launch("model.recipe.learing_rate=1", check=False, cache=False)
     assert bad.returncode != 0 and "learing_rate" in bad.stderr
     bad_group = run_launch("model=qwen2vl_8b", check=False, cache=False)
     assert bad_group.returncode != 0 and "qwen2vl_7b" in bad_group.stderr  # Hydra lists the available options
+
+
+def test_plus_key_on_a_schema_section_fails_naming_it(tmp_path):
+    """`+train.max_step=5` (what Hydra suggests after a typo) adds a key Hydra's struct check lets through: validation
+    rejects it naming the key and the nearest real one; free-form sections still take new keys."""
+    from aloevision.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"'train.max_step' is not a config key \(did you mean 'train.max_steps'"):
+        validate(compose(["+train.max_step=5"], root=tmp_path))
+    with pytest.raises(ConfigError, match="model.recipe.learning_rat"):
+        validate(compose(["+model.recipe.learning_rat=1"], root=tmp_path))
+    validate(compose(["+mixture.sources.magpie.options.extra=1"], root=tmp_path))  # options: free-form
+
+
+def test_run_folder_names_from_the_choices(run_launch, tmp_path):
+    """A run with other choices is not filed under the demo, and its folder says what differs."""
+    run_launch("stage=plan", "mixture=final", "model=qwen2vl_7b",
+               "plan.stats=src/aloevision/data/paper_table1.csv".replace("src/", str(REPO / "src") + "/"),
+               "wandb.mode=disabled", cache=False)
+    (run,) = list(tmp_path.glob("outputs/runs/*/*"))
+    assert run.parent.name == "custom" and run.name.endswith("_plan_mixture=final,model=qwen2vl_7b")
+    bad = run_launch("stage=plan", "+train.max_step=5", "wandb.mode=disabled", check=False, cache=False)
+    assert bad.returncode != 0 and "train.max_step" in bad.stderr and "train.max_steps" in bad.stderr

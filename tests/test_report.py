@@ -14,13 +14,14 @@ from aloevision.report.wandb_report import save_report
 B8 = ["pathmmu", "omnimedvqa", "gmai_mmbench", "probmed", "slake", "mmmu", "multimedqa", "mmlu"]
 
 
-def write_record(root, folder, *, group, choices, metrics, status="finished", job_type="all", finished="2026-01-01"):
+def write_record(root, folder, *, group, choices, metrics, status="finished", job_type="all", finished="2026-01-01",
+                 stages=None, config=None):
     d = root / folder
     d.mkdir(parents=True)
     rec = {"run_id": folder, "name": folder.replace("/", "-"), "group": group, "job_type": job_type, "status": status,
            "started": "2026-01-01T00:00:00", "finished": finished if status == "finished" else None,
-           "choices": choices, "overrides": [f"{k}={v}" for k, v in choices.items()], "config": {},
-           "metrics": metrics, "stages": {}, "paths": {"run_dir": str(d)}}
+           "choices": choices, "overrides": [f"{k}={v}" for k, v in choices.items()], "config": config or {},
+           "metrics": metrics, "stages": stages or {}, "paths": {"run_dir": str(d)}}
     (d / "run_record.json").write_text(json.dumps(rec))
     return d
 
@@ -70,7 +71,8 @@ def test_table7_from_runs(sweep):
     t = build_table("table7", runs)
     assert [r.label for r in t.rows] == ["mixture=final", "mixture=multimodal_only", "mixture=medical_only"]
     final, mm, med = t.rows
-    assert final.status == "finished" and final.run == "multirun-ablation_mixture-0"
+    # The row names its run and which model its numbers measure.
+    assert final.status == "finished" and final.run == "multirun-ablation_mixture-0 (tiny, trained here)"
     assert final.measured["pathmmu"] == 40.0 and final.paper["pathmmu"] == 61.8
     assert final.diff("pathmmu") == pytest.approx(40.0 - 61.8)
     assert mm.measured["mmlu"] is None and mm.diff("mmlu") is None and mm.paper["mmlu"] == 61.8
@@ -171,3 +173,65 @@ def test_demo_sweep_extra_benchmarks_and_nested_choices(tmp_path):
     md = to_markdown(t)
     assert "| demo_mcq |" in md.splitlines()[2] or md.splitlines()[2].endswith("| demo_mcq |")
     assert not any("missing demo_mcq" in n for n in t.notes)
+
+
+def test_trained_run_beats_eval_only_and_finished_beats_failed(tmp_path):
+    """An eval-only run of the untrained base model (more metrics, later) must not stand for the trained model; of
+    two trained runs the finished one is used; every row says which run and model it came from."""
+    root = tmp_path / "o"
+    g = "ablation_mixture"
+    ev = {f"eval/{b}": 10.0 for b in B8}
+    write_record(root, "trained", group=g, choices=base_choices(mixture="final"),
+                 metrics={"train/global_step": 5, "eval/pathmmu": 50.0}, stages={"train": {}})
+    write_record(root, "base_eval", group=g, choices=base_choices(mixture="final"), metrics=ev, job_type="eval",
+                 finished="2026-02-01")
+    write_record(root, "trained_failed", group=g, choices=base_choices(mixture="medical_only"),
+                 metrics={"train/global_step": 3}, status="failed", stages={"train": {}}, finished="2026-03-01")
+    write_record(root, "trained_ok", group=g, choices=base_choices(mixture="medical_only"),
+                 metrics={"train/global_step": 5, "eval/pathmmu": 0.0}, stages={"train": {}})
+    t = build_table("table7", load_runs_from_disk(root).runs)
+    rows = {r.label: r for r in t.rows}
+    fin, med = rows["mixture=final"], rows["mixture=medical_only"]
+    assert fin.run == "trained (tiny, trained here)" and fin.measured["pathmmu"] == 50.0
+    assert med.run == "trained_ok (tiny, trained here)" and med.status == "finished"
+    assert med.measured["pathmmu"] == 0.0  # a measured zero is a value, not missing
+    assert "| **mixture=medical_only** | 0.0 |" in to_markdown(t)
+    assert any(n.startswith("mixture=final: run trained") for n in t.notes)
+
+
+def test_unknown_group_fails_listing_the_groups(sweep, tmp_path):
+    from aloevision.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        build_group_report("ablation_mixtrue", sweep, tmp_path / "r", source="disk")
+    msg = str(e.value)
+    # The report jobs are not counted as runs of a group.
+    assert "ablation_mixtrue" in msg and "ablation_mixture (4 runs)" in msg and "other (1 run)" in msg
+
+
+def test_zero_is_drawn_as_zero(tmp_path):
+    """The chart labels every measured bar with its value: 0.0 is visible (a missing value reads n/a)."""
+    from aloevision.report.tables import to_png
+
+    root = tmp_path / "o"
+    write_record(root, "a", group="ablation_mixture", choices=base_choices(mixture="final"),
+                 metrics={"eval/pathmmu": 0.0, "eval/slake": 42.0, "train/loss": 1.0})
+    t = build_table("table7", load_runs_from_disk(root).runs)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    texts = []
+    orig = plt.Figure.savefig
+
+    def grab(fig, *a, **k):
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        return orig(fig, *a, **k)
+
+    plt.Figure.savefig = grab
+    try:
+        to_png(t, tmp_path / "t.png")
+    finally:
+        plt.Figure.savefig = orig
+    assert "0.0" in texts and "42.0" in texts and "n/a" in texts

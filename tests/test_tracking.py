@@ -64,3 +64,138 @@ def test_bad_wandb_settings_never_fail_the_job(session_root, tmp_path):
     t.summary({"eval/x": 1.0})
     t.finish("finished")
     assert json.loads((tmp_path / "job" / RUN_RECORD).read_text())["metrics"] == {"eval/x": 1.0}
+
+
+def test_one_step_axis_every_training_step_present(session_root, tmp_path):
+    """Tables, images and HTML never advance W&B's step: every training step is in the history from 1, at its own
+    step (W&B drops a row logged below its counter, which cut the demo's curve to steps 69..245)."""
+    import numpy as np
+    from PIL import Image
+
+    png = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(png)
+    t = _tracker(tmp_path / "job")
+    t.table("ingest/report", ["source", "n"], [["a", 1]])  # before training, as the data stages do
+    t.image("mix/token_allocation", png)
+    t.log({"score/computed": 3})  # a stage counter without a step
+    for step in range(1, 13):
+        t.log({"train/loss": 1.0 / step, "train/learning_rate": 1e-4}, step=step)
+        if step % 4 == 0:
+            t.table(f"eval/t{step}", ["a"], [[step]])
+            t.image(f"img/{step}", png)
+    t.table("eval/predictions", ["id"], [["q1"]])
+    t.summary({"eval/x": 1.0})
+    t.finish()
+    run = read_run(find_run_log(tmp_path / "job"))
+    steps = {h["_step"]: h for h in run["history"]}
+    assert sorted(h["_step"] for h in run["history"] if "train/loss" in h) == list(range(1, 13))
+    assert all(steps[s]["train/loss"] == 1.0 / s for s in range(1, 13))
+    assert max(steps) == 12  # nothing after training pushed the axis on
+    assert any(k.startswith("ingest/report") for k in steps[0]) and steps[0]["score/computed"] == 3
+    assert any(k.startswith("eval/predictions") for k in steps[12]) and any(k.startswith("img/4") for k in steps[4])
+
+
+def test_requeue_resumes_the_same_run_and_whole_run_metrics(session_root, tmp_path):
+    """A rerun of the same folder (requeue / rerun) continues the same W&B run id; the steps it re-trains after its
+    last checkpoint are not logged twice, the axis continues, and train/train_loss covers every step."""
+    t = _tracker(tmp_path / "job")
+    for step in range(1, 6):
+        t.log({"train/loss": float(step)}, step=step)
+    t.finish("interrupted", error=KeyboardInterrupt())
+    first = json.loads((tmp_path / "job" / RUN_RECORD).read_text())
+    assert first["status"] == "interrupted" and first["error"] == "KeyboardInterrupt"
+
+    t2 = _tracker(tmp_path / "job")  # the checkpoint was at step 3: steps 4..8 are trained again / anew
+    assert t2.record["run_id"] == first["run_id"] and t2.attempt == 2
+    for step in range(4, 9):
+        t2.log({"train/loss": float(step) + 0.5}, step=step)
+    t2.summary({"train/train_loss": 99.0})
+    t2.finish()
+    rec = json.loads((tmp_path / "job" / RUN_RECORD).read_text())
+    assert rec["status"] == "finished" and rec["attempts"] == 2 and "error" not in rec
+    assert rec["previous_attempts"][0]["status"] == "interrupted"
+    # steps 1..5 from the first attempt, 6..8 from the second
+    assert rec["metrics"]["train/train_loss"] == (1 + 2 + 3 + 4 + 5 + 6.5 + 7.5 + 8.5) / 8
+    assert rec["metrics"]["train/train_loss_this_attempt"] == 99.0
+    logs = sorted((tmp_path / "job" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 2 and all(p.name == f"run-{first['run_id']}.wandb" for p in logs)  # one W&B run, 2 parts
+    second = read_run(logs[-1])
+    assert [h["_step"] for h in second["history"] if "train/loss" in h] == [6, 7, 8]
+
+
+def test_secrets_never_reach_a_file(session_root, tmp_path, monkeypatch):
+    """A secret planted in the environment, in a config value (a shell setup line) and in an override appears in no
+    file of the run folder or its W&B run; settings whose names contain 'token' keep their values."""
+    env_secret, cfg_secret, ovr_secret = "hf_" + "e" * 30, "s3cr3t-in-setup-line", "0v3rr1d3-s3cr3t"
+    monkeypatch.setenv("HF_TOKEN", env_secret)
+    run_dir = tmp_path / "job"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(f"- wandb.api_key={ovr_secret}\n- cluster.setup=[export "
+                                                        f"HF_TOKEN={env_secret}]\n")
+    t = Tracker(run_dir,
+                config={"cluster": {"setup": [f"export HF_TOKEN={env_secret}", f"export MY_KEY={cfg_secret}"]},
+                        "eval": {"max_new_tokens": 32}, "model": {"tiny": {"tokenizer_vocab_size": 1024}},
+                        "wandb": {"api_key": ovr_secret}},
+                choices={"model": "tiny"}, overrides=[f"wandb.api_key={ovr_secret}", "eval.max_new_tokens=32"],
+                wandb_cfg={"mode": "offline", "project": "aloe-test"}, group="g", job_type="all",
+                name="n", tags=["t"])
+    t.table("x", ["line"], [[f"export HF_TOKEN={env_secret}"]])
+    t.stage_report("ingest", {"note": f"MY_KEY={cfg_secret}"})
+    t.finish("failed", error=RuntimeError(f"could not log in with {ovr_secret}"))
+    read_run(find_run_log(run_dir))  # finished writing
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "overrides.yaml" for p in files)
+    for p in files:
+        data = p.read_bytes()
+        for s in (env_secret, cfg_secret, ovr_secret):
+            assert s.encode() not in data, f"{s} in {p}"
+    rec = json.loads((run_dir / RUN_RECORD).read_text())
+    assert rec["config"]["eval"]["max_new_tokens"] == 32
+    assert rec["config"]["model"]["tiny"]["tokenizer_vocab_size"] == 1024
+    assert rec["overrides"] == ["wandb.api_key=***", "eval.max_new_tokens=32"]
+    assert rec["config"]["cluster"]["setup"] == ["export HF_TOKEN=***", "export MY_KEY=***"]
+    assert rec["error"] == "RuntimeError: could not log in with ***"
+
+
+def test_scrub_by_key_and_value():
+    from aloevision.tracking import scrub, scrub_text
+
+    out = scrub({"hf_token": "abc123", "max_new_tokens": 64, "tokenizer_vocab_size": 1024, "WANDB_API_KEY": "k" * 40,
+                 "setup": ["export OPENAI_API_KEY=sk-" + "a" * 30, "module load cuda"], "url": "https://u:pw@host/x",
+                 "note": "token hf_" + "Z" * 25 + " end"})
+    assert out["hf_token"] == "***" and out["WANDB_API_KEY"] == "***"
+    assert out["max_new_tokens"] == 64 and out["tokenizer_vocab_size"] == 1024
+    assert out["setup"] == ["export OPENAI_API_KEY=***", "module load cuda"]
+    assert out["url"] == "https://***@host/x" and out["note"] == "token *** end"
+    assert scrub_text("eval.max_new_tokens=64 model.tiny.tokenizer_vocab_size=8") == (
+        "eval.max_new_tokens=64 model.tiny.tokenizer_vocab_size=8")
+
+
+def test_credentials_without_network_fall_back_offline_fast(monkeypatch, caplog):
+    import time
+
+    from aloevision.tracking import resolve_mode
+
+    monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: like a compute node offline
+    t0 = time.monotonic()
+    assert resolve_mode("auto") == "offline" and resolve_mode("online") == "offline"
+    assert time.monotonic() - t0 < 10
+    assert "unreachable; logging offline" in caplog.text
+
+
+def test_run_identity_from_choices():
+    from aloevision.tracking import run_identity, run_tag
+
+    choices = {"mixture": "final", "model": "tiny", "filter": "demo", "leakage": "phash", "eval": "demo",
+               "cluster": "local"}
+    ovr = ["mixture=final", "train.max_steps=2", "paths.cache_dir=/x/y", "wandb.api_key=abc", "+experiment=e"]
+    assert run_tag(choices, ovr) == "mixture=final,train.max_steps=2"
+    ident = run_identity(stage="all", stages_run=["ingest", "mix", "train", "eval"], group="ablation_mixture",
+                         choices=choices, overrides=ovr, job_num=0, sweep_dir="/o/multirun/g/2026-01-01_00-00-00")
+    assert ident["name"] == "0: mixture=final,train.max_steps=2 · all"
+    assert ident["job_type"] == "ingest+mix+train+eval" and ident["group"] == "ablation_mixture"
+    assert {"stage=all", "mixture=final", "sweep=2026-01-01_00-00-00"} <= set(ident["tags"])
+    demo = run_identity(stage="plan", stages_run=["plan"], group="demo", choices={**choices, "mixture": "demo"},
+                        overrides=[])
+    assert demo["name"] == "demo · plan" and demo["job_type"] == "plan"

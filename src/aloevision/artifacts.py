@@ -3,10 +3,13 @@
 A stage asks `store.get_or_build(stage, key, build)`: if `<cache>/<stage>/<fingerprint>/` is complete it is reused;
 otherwise `build(tmp_dir)` fills a temporary folder that is renamed into place. A file lock makes concurrent jobs
 of a sweep (local processes or SLURM jobs on a shared filesystem) wait for the first one instead of recomputing.
+A job killed mid-build (SIGKILL, node failure) leaves its `.tmp-<fingerprint>-*` folder behind: the next build of
+any artifact of that stage removes every such folder whose lock is free (nobody is building it).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -67,6 +70,7 @@ class ArtifactStore:
             if (final / DONE).is_file():  # another job finished it while we waited
                 self.touched.append((stage, final, True))
                 return Artifact(final, fp, cached=True)
+            clean_stale_tmp(self.root / stage, holding=fp)
             tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{fp}-"))
             try:
                 build(tmp)
@@ -80,6 +84,36 @@ class ArtifactStore:
         log.info("built %s artifact %s", stage, final)
         self.touched.append((stage, final, False))
         return Artifact(final, fp, cached=False)
+
+
+def clean_stale_tmp(stage_dir: str | Path, holding: str | None = None) -> list[Path]:
+    """Remove `.tmp-<fp>-*` build folders left by killed jobs: those of `holding` (whose lock the caller holds) and
+    those whose lock can be taken without waiting (no job is building them). Returns what was removed."""
+    removed = []
+    stage_dir = Path(stage_dir)
+    for tmp in sorted(stage_dir.glob(".tmp-*")):
+        if not tmp.is_dir():
+            continue
+        fp = tmp.name[len(".tmp-"):].split("-", 1)[0]
+        if fp == holding:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+            continue
+        fd = os.open(stage_dir / f".{fp}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live job is building it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+    for tmp in removed:
+        log.info("removed %s (a build interrupted by an earlier job)", tmp)
+    return removed
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

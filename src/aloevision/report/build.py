@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from aloevision.report.runs import collect_runs, result_runs
+from aloevision.config import ConfigError
+from aloevision.report.runs import collect_runs, groups_on_disk, result_runs
 from aloevision.report.tables import BENCH_LABELS, build_table, csv_rows, tables_for, write_table
 from aloevision.report.wandb_report import save_report
 
@@ -30,11 +31,16 @@ def build_group_report(group: str, runs_dir: str | Path | None, out_dir: str | P
     # The report job of this very group writes a record too; it is not a result row.
     runs = [r for r in result_runs(got.runs) if not (tracker is not None and r.path and
                                                      Path(r.path).parent == Path(tracker.run_dir))]
-    result: dict[str, Any] = {"group": group, "source": got.source, "runs": len(runs), "collect": got.message}
+    if not runs:
+        # A typo must not pass as an empty table: say which groups exist.
+        known = groups_on_disk(runs_dir) if runs_dir else {}
+        listing = ", ".join(f"{g} ({n} run{'s' if n != 1 else ''})" for g, n in known.items()) or "none"
+        raise ConfigError(f"report.group={group}: no runs of that group ({got.message}). Groups with runs under "
+                          f"{runs_dir}: {listing}")
+    result: dict[str, Any] = {"group": group, "source": got.source, "runs": len(runs), "collect": got.message,
+                              "runs_found": "; ".join(f"{r.name} [{r.status}, {r.model}] {r.folder}" for r in runs)}
     if got.skipped:
         result["skipped_records"] = len(got.skipped)
-    if not runs:
-        log.warning("report: no runs for group %s (%s)", group, got.message)
     keys = tables or tables_for(group, runs)
     metric_keys: list[str] = []
     for key in keys:

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "run_record.json"
-STATUS_RANK = {"finished": 0, "running": 1, "failed": 2}  # which record of a configuration to prefer
+STATUS_RANK = {"finished": 0, "running": 1, "interrupted": 2, "failed": 3}  # which record of a configuration to prefer
 NON_ROW_JOB_TYPES = {"report", "plan"}  # these jobs carry no results of their own
 
 
@@ -34,6 +34,9 @@ class RunRecord:
     started: str = ""
     finished: str = ""
     path: str = ""  # the record file or the W&B run path
+    trained: bool = False  # this job trained the model it evaluated (else: eval-only of eval.model / the base model)
+    model: str = ""  # which model the metrics are of, e.g. "tiny, trained here" / "qwen2vl_7b base (untrained)"
+    error: str = ""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], path: str = "") -> "RunRecord":
@@ -54,11 +57,37 @@ class RunRecord:
             started=str(d.get("started") or ""),
             finished=str(d.get("finished") or ""),
             path=str(path),
+            trained=_trained(d),
+            model=_model_of(d),
+            error=str(d.get("error") or ""),
         )
+
+    @property
+    def folder(self) -> str:
+        """The run folder (for a record on disk) or the W&B run path."""
+        return str(Path(self.path).parent) if self.path.endswith(RUN_RECORD) else self.path
 
     @property
     def complete(self) -> bool:
         return self.status == "finished"
+
+
+def _trained(d: dict[str, Any]) -> bool:
+    metrics, stages = d.get("metrics") or {}, d.get("stages") or {}
+    return "train" in stages or any(k.startswith("train/") for k in metrics)
+
+
+def _model_of(d: dict[str, Any]) -> str:
+    """What the run's eval metrics measure: the model trained in this run, the model `eval.model` named, or the
+    untrained base model."""
+    cfg = d.get("config") or {}
+    model = (d.get("choices") or {}).get("model") or (cfg.get("model") or {}).get("name") or "?"
+    if _trained(d):
+        return f"{model}, trained here"
+    named = (cfg.get("eval") or {}).get("model")
+    if named:
+        return f"{model} from {named}"
+    return f"{model} base (untrained)"
 
 
 @dataclass
@@ -67,6 +96,15 @@ class Collected:
     skipped: list[str]  # "path: reason" for records that could not be read
     source: str  # "disk" | "wandb"
     message: str = ""
+
+
+def groups_on_disk(runs_dir: str | Path) -> dict[str, int]:
+    """group -> number of result runs (not report / plan jobs) recorded under `runs_dir`."""
+    got = load_runs_from_disk(runs_dir)
+    out: dict[str, int] = {}
+    for r in result_runs(got.runs):
+        out[r.group] = out.get(r.group, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def load_runs_from_disk(runs_dir: str | Path, group: str | None = None) -> Collected:
@@ -85,7 +123,9 @@ def load_runs_from_disk(runs_dir: str | Path, group: str | None = None) -> Colle
             runs.append(rec)
     for s in skipped:
         log.warning("skipped run record %s", s)
-    return Collected(runs, skipped, "disk", f"{len(runs)} run record(s) under {root}")
+    n = len(result_runs(runs))
+    return Collected(runs, skipped, "disk", f"{n} result run record(s) under {root}"
+                     + (f" (+{len(runs) - n} report/plan jobs)" if len(runs) > n else ""))
 
 
 def load_runs_from_wandb(group: str, *, project: str, entity: str | None = None, mode: str = "auto") -> Collected:
@@ -115,10 +155,11 @@ def _from_wandb_run(r, group: str) -> RunRecord:
     cfg = dict(r.config)
     choices = {k: v for k, v in cfg.items() if k not in ("cfg", "stage", "experiment") and not isinstance(v, dict)}
     summary = {k: v for k, v in dict(r.summary).items() if isinstance(v, (int, float)) and not k.startswith("_")}
-    status = {"finished": "finished", "running": "running"}.get(r.state, "failed")
+    status = {"finished": "finished", "running": "running", "killed": "interrupted"}.get(r.state, "failed")
+    d = {"choices": choices, "metrics": summary, "config": cfg.get("cfg") or {}}
     return RunRecord(name=r.name, group=group, job_type=r.job_type or cfg.get("stage", ""), status=status,
                      choices=choices, metrics=summary, run_id=r.id, started=str(getattr(r, "created_at", "")),
-                     path="/".join(r.path))
+                     path="/".join(r.path), trained=_trained(d), model=_model_of(d))
 
 
 def collect_runs(group: str, runs_dir: str | Path | None, *, source: str = "auto", wandb_cfg: dict | None = None
@@ -153,14 +194,16 @@ def varied_choices(runs: Iterable[RunRecord]) -> list[str]:
 
 
 def pick_best(runs: Iterable[RunRecord]) -> RunRecord | None:
-    """Of several records for one configuration: finished before running before failed; then the one with most
-    eval metrics; then the latest."""
+    """Of several records for one configuration: a run that trained the model before an eval-only run (of the base
+    model or another checkpoint); then finished before running / interrupted / failed; then the one with most eval
+    metrics; then the latest."""
     runs = list(runs)
     if not runs:
         return None
 
-    def rank(r: RunRecord) -> tuple[int, int]:
-        return STATUS_RANK.get(r.status, 3), -sum(1 for k in r.metrics if k.startswith("eval/"))
+    def rank(r: RunRecord) -> tuple[int, int, int]:
+        return (0 if r.trained else 1, STATUS_RANK.get(r.status, 4),
+                -sum(1 for k in r.metrics if k.startswith("eval/")))
 
     best = min(rank(r) for r in runs)
     return max((r for r in runs if rank(r) == best), key=lambda r: (r.finished, r.started, r.path))

@@ -143,8 +143,9 @@ class Table:
 
 def _row(label: str, run: RunRecord | None, columns: Sequence[str], paper_name: str | None, table: str) -> Row:
     measured = {c: (_num(run.metrics.get(f"eval/{c}")) if run else None) for c in columns}
-    return Row(label, run.status if run else "missing", run.name if run else None, measured, paper_name,
-               paper_row(table, paper_name))
+    # The row names the run it came from and which model its metrics measure (trained here / eval-only base).
+    name = (f"{run.name} ({run.model})" if run.model else run.name) if run else None
+    return Row(label, run.status if run else "missing", name, measured, paper_name, paper_row(table, paper_name))
 
 
 def build_table(key: str, runs: Iterable[RunRecord], *, paper: str | None = None) -> Table:
@@ -184,6 +185,8 @@ def build_table(key: str, runs: Iterable[RunRecord], *, paper: str | None = None
         if not rows:
             notes.append("no runs")
     for row in rows:
+        if row.run:
+            notes.append(f"{row.label}: run {row.run}")
         if row.status not in ("finished", "missing"):
             notes.append(f"{row.label}: run {row.run} is {row.status}; its metrics may be incomplete")
         gaps = [c for c in spec.columns if row.measured[c] is None]  # extra columns are optional
@@ -304,8 +307,9 @@ def to_png(t: Table, path: str | Path) -> Path:
     for i, r in enumerate(t.rows):
         xs = [j - 0.4 + width * (i + 0.5) for j in range(len(cols))]
         vals = [r.measured[c] for c in cols]
-        ax.bar([x for x, v in zip(xs, vals) if v is not None], [v for v in vals if v is not None],
+        bars = ax.bar([x for x, v in zip(xs, vals) if v is not None], [v for v in vals if v is not None],
                       width=width * 0.95, label=r.label + _status(r))
+        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)  # a measured 0 reads "0.0", unlike a missing value
         for x, v in zip(xs, vals):
             if v is None:
                 ax.text(x, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="grey")
