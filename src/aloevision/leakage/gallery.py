@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .phash import default_reader, to_hex
 
@@ -53,33 +53,52 @@ def write_gallery(pairs: Iterable[LeakPair], out_dir: str | Path, reader: Callab
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pairs = list(pairs)[:max_pairs]
-    cap_h = 30
-    cols = 2
-    per_row = 2  # pairs per row of the grid
-    rows = max(1, (len(pairs) + per_row - 1) // per_row)
-    cell_w = thumb * cols + 12
-    grid = Image.new("RGB", (cell_w * per_row, rows * (thumb + cap_h) + 24), "white")
+    thumbs = [(_thumb(p.train_ref, read, thumb), _thumb(p.eval_ref, read, thumb)) for p in pairs]
+    font, small = _font(15), _font(13)
+    pad, gap, cap_h, head_h = 10, 6, 40, 44
+    per_row = max(1, min(2, len(pairs)))  # one pair fills the canvas; more go two per row
+    cell_w = 2 * thumb + gap + 2 * pad
+    rows = [thumbs[i:i + per_row] for i in range(0, len(thumbs), per_row)] or [[]]
+    row_h = [max([max(t.height, e.height) for (t, _), (e, _) in r] or [thumb // 2]) + cap_h + 18 + pad for r in rows]
+    title_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 2 * pad
+    grid = Image.new("RGB", (max(cell_w * per_row, title_w), head_h + sum(row_h)), "white")
     draw = ImageDraw.Draw(grid)
-    draw.text((6, 4), f"{title} ({len(pairs)} shown)", fill=(0, 0, 0))
+    n = len(pairs)
+    draw.text((pad, 6), title, fill=(0, 0, 0), font=font)
+    draw.text((pad, 24), f"{n} image pair{'' if n == 1 else 's'} shown: train (left) | evaluation (right)",
+              fill=(90, 90, 90), font=small)
     html_rows = []
-    for k, p in enumerate(pairs):
-        (ti, terr), (ei, eerr) = _thumb(p.train_ref, read, thumb), _thumb(p.eval_ref, read, thumb)
-        x0 = (k % per_row) * cell_w
-        y0 = 24 + (k // per_row) * (thumb + cap_h)
-        grid.paste(ti, (x0, y0))
-        grid.paste(ei, (x0 + thumb + 4, y0))
-        draw.text((x0, y0 + thumb + 2), f"{p.train_source[:22]} | {p.eval_set[:22]}", fill=(0, 0, 0))
-        draw.text((x0, y0 + thumb + 15), f"Hamming distance {p.distance}", fill=(160, 0, 0))
-        html_rows.append(_html_row(p, ti, ei, terr, eerr))
+    y0 = head_h
+    for r_i, r in enumerate(rows):
+        for c_i, ((ti, terr), (ei, eerr)) in enumerate(r):
+            p = pairs[r_i * per_row + c_i]
+            x0 = c_i * cell_w + pad
+            draw.text((x0, y0), "train", fill=(60, 60, 60), font=small)
+            draw.text((x0 + thumb + gap, y0), "eval", fill=(60, 60, 60), font=small)
+            grid.paste(ti, (x0, y0 + 18))
+            grid.paste(ei, (x0 + thumb + gap, y0 + 18))
+            cy = y0 + 18 + max(ti.height, ei.height) + 4
+            draw.text((x0, cy), f"{p.train_source[:24]} | {p.eval_set[:24]}", fill=(0, 0, 0), font=small)
+            draw.text((x0, cy + 17), f"Hamming distance {p.distance}", fill=(160, 0, 0), font=small)
+            html_rows.append(_html_row(p, ti, ei, terr, eerr))
+        y0 += row_h[r_i]
     png = out / "leakage_gallery.png"
     grid.save(png)
     page = out / "leakage_gallery.html"
     page.write_text(
         "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
         "<style>body{font-family:sans-serif}td{vertical-align:top;padding:6px}img{max-width:"
-        f"{thumb}px}}</style><h1>{html.escape(title)}</h1><p>{len(pairs)} pairs</p><table>"
+        f"{thumb}px}}</style><h1>{html.escape(title)}</h1>"
+        f"<p>{n} image pair{'' if n == 1 else 's'} shown</p><table>"
         "<tr><th>#</th><th>train</th><th>eval</th><th>match</th></tr>" + "".join(html_rows) + "</table>\n")
     return {"png": png, "html": page}
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable default font
+    except TypeError:
+        return ImageFont.load_default()
 
 
 def _data_uri(im: Image.Image) -> str:

@@ -86,17 +86,21 @@ def plot_heatmap(counts: Counter, row: str, col: str, path: Path, title: str = "
     rows = VOCAB[row]
     cols = VOCAB[col]
     m = np.array([[counts.get((a, b), 0) for b in cols] for a in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.42 * len(cols), 1.2 + 0.36 * len(rows)))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.5 * len(cols), 1.4 + 0.42 * len(rows)))
     shown = np.where(m > 0, m, np.nan)
     vmax = max(1.0, float(np.nanmax(m)) if m.size else 1.0)
     im = ax.imshow(shown, cmap="viridis", norm=LogNorm(vmin=1, vmax=vmax), aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
     if m.sum() and len(rows) * len(cols) <= 600:
         for i in range(len(rows)):
             for j in range(len(cols)):
                 if m[i, j]:
-                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=5, color="white")
+                    # Dark text on light cells (viridis' yellow end), white on dark ones; readable size.
+                    r, g, b, _ = im.cmap(im.norm(m[i, j]))
+                    dark = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=8,
+                            color="black" if dark else "white", fontweight="bold")
     ax.set_xlabel(FIELD_NAMES[col])
     ax.set_ylabel(FIELD_NAMES[row])
     ax.set_title(title or f"{FIELD_NAMES[row]} x {FIELD_NAMES[col]} (n={int(m.sum())})", fontsize=9)

@@ -58,6 +58,14 @@ def plot_histograms(source: str, scores: Sequence[float], ppls: Sequence[float],
         bins = [10 ** (lo + (hi - lo) * i / 30) for i in range(31)]
         ax2.hist(ppls, bins=bins, color="#55a868", edgecolor="white")
         ax2.set_xscale("log")
+        # Plain numbers, at most ~6 ticks: a narrow log range otherwise gets overlapping "7.4x10^2" minor labels.
+        from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+        ax2.xaxis.set_major_locator(MaxNLocator(nbins=6) if hi - lo < 1 else
+                                    LogLocator(base=10, numticks=8))
+        ax2.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.3g}"))
+        ax2.xaxis.set_minor_formatter(NullFormatter())
+        ax2.set_xlim(bins[0], bins[-1])
     for value, label in ((thr.min_ppl, "min_ppl"), (thr.max_ppl, "max_ppl")):
         if value is not None and math.isfinite(value) and value > 0:
             ax2.axvline(value, color="red", linestyle="--", label=f"{label}={value:g}")
@@ -65,6 +73,7 @@ def plot_histograms(source: str, scores: Sequence[float], ppls: Sequence[float],
         ax2.legend(fontsize=8)
     ax2.set_xlabel("answer perplexity (trained tokens)")
     ax2.set_title(f"{source}: perplexity (n={len(ppls)})", fontsize=9)
+    ax2.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

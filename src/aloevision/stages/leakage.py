@@ -197,7 +197,7 @@ def _gallery(ctx, hashed: dict, pairs: list[dict], out_dir: Path) -> dict[str, P
                            train_source=p["train_source"], eval_set=p["eval_set"], distance=p["distance"],
                            train_hash=int(p["train_hash"], 16), eval_hash=int(p["eval_hash"], 16),
                            train_id=p["train_id"], eval_id=p["eval_id"]) for p in shown]
-    title = f"Train/eval pHash matches, radius {ctx.cfg.leakage.radius} ({len(pairs)} pairs)"
+    title = f"Train/eval pHash matches, radius {ctx.cfg.leakage.radius}: {len(pairs)} matched (sample, eval item) rows"
     return write_gallery(leak_pairs, out_dir, max_pairs=GALLERY_PAIRS, title=title)
 
 

@@ -130,28 +130,48 @@ def write_composition(out: Path, comp: list[dict[str, Any]]) -> None:
 
 
 def _chart(path: Path, comp: list[dict[str, Any]]) -> None:
-    """Loss-token share per category (observed vs requested) and per source."""
+    """Loss-token share per category (observed, and requested where the mixture sets a target) and per source,
+    coloured by category (one legend for both panels); every bar carries its value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     cats = [r for r in comp if r["level"] == "category"]
     srcs = [r for r in comp if r["level"] == "source"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
-    x = range(len(cats))
-    a.bar([i - 0.2 for i in x], [100 * r["share"] for r in cats], 0.4, label="observed")
-    a.bar([i + 0.2 for i in x], [100 * (r["requested_share"] or 0) for r in cats], 0.4, label="requested",
-          color="lightgray", edgecolor="gray")
-    a.set_xticks(list(x), [r["category"].replace("_", "\n") for r in cats], fontsize=8)
+    colour = {r["category"]: f"C{i % 10}" for i, r in enumerate(cats)}
+    requested = [r.get("requested_share") for r in cats]
+    has_targets = any(v is not None for v in requested)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 2]})
+    x = list(range(len(cats)))
+    w = 0.4 if has_targets else 0.6
+    obs = a.bar([i - (0.2 if has_targets else 0) for i in x], [100 * r["share"] for r in cats], w,
+                color=[colour[r["category"]] for r in cats])
+    a.bar_label(obs, fmt="%.1f", fontsize=7, padding=1)
+    if has_targets:
+        req = a.bar([i + 0.2 for i in x], [100 * (v or 0) for v in requested], w, color="none", edgecolor="black",
+                    hatch="//", linewidth=0.8)
+        a.bar_label(req, labels=["—" if v is None else f"{100 * v:.1f}" for v in requested], fontsize=7, padding=1)
+        a.legend(handles=[Patch(facecolor="gray", label="observed"),
+                          Patch(facecolor="none", edgecolor="black", hatch="//", label="requested (target)")],
+                 fontsize=8, loc="upper right")
+        a.set_title("per category: observed vs requested", fontsize=10)
+    else:
+        a.set_title("per category (no targets: natural shares)", fontsize=10)
+    a.set_xticks(x, [r["category"].replace("_", "\n") for r in cats], fontsize=8)
     a.set_ylabel("% of loss tokens")
-    a.legend(fontsize=8)
-    a.set_title("per category")
-    b.barh([r["source"] for r in srcs], [r["loss_tokens"] for r in srcs],
-           color=[f"C{[c['category'] for c in cats].index(r['category']) % 10}" for r in srcs])
+    a.set_ylim(0, max([100 * r["share"] for r in cats] + [100 * (v or 0) for v in requested] + [1]) * 1.15)
+    bars = b.barh([r["source"] for r in srcs], [r["loss_tokens"] for r in srcs],
+                  color=[colour.get(r["category"], "gray") for r in srcs])
+    b.bar_label(bars, labels=[f"{r['loss_tokens']:,} ({100 * r['share']:.1f}%)" for r in srcs], fontsize=7,
+                padding=2)
     b.invert_yaxis()
+    b.set_xlim(0, max([r["loss_tokens"] for r in srcs] + [1]) * 1.25)
     b.set_xlabel("loss tokens (observed, repeats counted)")
-    b.set_title("per source")
+    b.set_title("per source", fontsize=10)
+    b.legend(handles=[Patch(color=colour[r["category"]], label=r["category"]) for r in cats], fontsize=8,
+             loc="lower right", title="category", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
