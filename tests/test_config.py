@@ -79,7 +79,7 @@ def test_cli_help_cfg_and_typo(run_launch):
     job = run_launch("--cfg", "job", "model=qwen2vl_7b", cache=False).stdout
     assert "Qwen/Qwen2-VL-7B-Instruct" in job and "global_batch_size: 1024" in job
     resolved = run_launch("--cfg", "job", "--resolve", "mixture=final", "stage=plan", cache=False).stdout
-    assert "output_dir: " in resolved and "_plan_mixture=final" in resolved and "${" not in resolved
+    assert "output_dir: " in resolved and "_mixture-final_plan" in resolved and "${" not in resolved
     bad = run_launch("model.recipe.learing_rate=1", check=False, cache=False)
     assert bad.returncode != 0 and "learing_rate" in bad.stderr
     bad_group = run_launch("model=qwen2vl_8b", check=False, cache=False)
@@ -104,6 +104,6 @@ def test_run_folder_names_from_the_choices(run_launch, tmp_path):
                "plan.stats=src/aloevision/data/paper_table1.csv".replace("src/", str(REPO / "src") + "/"),
                "wandb.mode=disabled", cache=False)
     (run,) = list(tmp_path.glob("outputs/runs/*/*"))
-    assert run.parent.name == "custom" and run.name.endswith("_plan_mixture=final,model=qwen2vl_7b")
+    assert run.parent.name == "custom" and run.name.endswith("_mixture-final+model-qwen2vl_7b_plan")
     bad = run_launch("stage=plan", "+train.max_step=5", "wandb.mode=disabled", check=False, cache=False)
     assert bad.returncode != 0 and "train.max_step" in bad.stderr and "train.max_steps" in bad.stderr

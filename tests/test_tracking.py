@@ -191,6 +191,13 @@ def test_run_identity_from_choices():
                "cluster": "local"}
     ovr = ["mixture=final", "train.max_steps=2", "paths.cache_dir=/x/y", "wandb.api_key=abc", "+experiment=e"]
     assert run_tag(choices, ovr) == "mixture=final,train.max_steps=2"
+    folder = run_tag(choices, ovr, folder=True)
+    assert folder == "mixture-final+train.max_steps-2"
+    # A run folder is passed back as an override value (train.init_from=<run folder>): Hydra must take it unquoted.
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    o = OverridesParser.create().parse_override(f"train.init_from=/o/runs/g/2026-01-01_00-00-00_{folder}_all")
+    assert o.value().endswith(f"{folder}_all") and not o.is_sweep_override()
     ident = run_identity(stage="all", stages_run=["ingest", "mix", "train", "eval"], group="ablation_mixture",
                          choices=choices, overrides=ovr, job_num=0, sweep_dir="/o/multirun/g/2026-01-01_00-00-00")
     assert ident["name"] == "0: mixture=final,train.max_steps=2 · all"

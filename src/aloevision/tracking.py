@@ -185,9 +185,11 @@ def default_choices() -> dict[str, str]:
     return out
 
 
-def run_tag(choices: dict[str, str], overrides: Iterable[str], *, max_len: int = 96) -> str:
+def run_tag(choices: dict[str, str], overrides: Iterable[str], *, max_len: int = 96, folder: bool = False) -> str:
     """`mixture=final,train.max_steps=2`: the group choices that differ from the defaults, then the plain value
-    overrides (not paths, logging or cluster settings, never a credential). Safe as a folder name."""
+    overrides (not paths, logging or cluster settings, never a credential). `folder=True`: the same as
+    `mixture-final+train.max_steps-2`, a folder name that Hydra also accepts unquoted as an override value
+    (`train.init_from=<run folder>`: `=` and `,` there would be parsed as override syntax)."""
     defaults = default_choices()
     parts = [f"{k}={choices[k]}" for k in NAME_GROUPS if k in choices and str(choices[k]) != defaults.get(k)]
     for o in overrides:
@@ -199,8 +201,10 @@ def run_tag(choices: dict[str, str], overrides: Iterable[str], *, max_len: int =
                 or (key.startswith(NOT_IN_NAME) and key != "cluster.data_shard") or _secret_name(key) or "/" in val or len(val) > 24 or not val):
             continue
         parts.append(f"{key}={val}")
-    tag = ",".join(dict.fromkeys(parts))
-    tag = re.sub(r"[^\w=.,+\-]", "-", tag)
+    if folder:
+        parts = [p.replace("=", "-", 1) for p in parts]
+    tag = ("+" if folder else ",").join(dict.fromkeys(parts))
+    tag = re.sub(r"[^\w.+\-]" if folder else r"[^\w=.,+\-]", "-", tag)
     return tag if len(tag) <= max_len else tag[: max_len - 1] + "~"
 
 
@@ -277,11 +281,11 @@ def default_group() -> str:
 
 
 def folder_tag() -> str:
-    """`_mixture=final` for the run folder name (empty for the defaults): the resolver `${aloe.run_tag:}`."""
+    """`_mixture-final` for the run folder name (empty for the defaults): the resolver `${aloe.run_tag:}`."""
     job = hydra_job()
     if not job:
         return ""
-    tag = run_tag(job["choices"], job["overrides"], max_len=80)
+    tag = run_tag(job["choices"], job["overrides"], max_len=80, folder=True)
     return f"_{tag}" if tag else ""
 
 
