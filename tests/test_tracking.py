@@ -206,3 +206,49 @@ def test_run_identity_from_choices():
     demo = run_identity(stage="plan", stages_run=["plan"], group="demo", choices={**choices, "mixture": "demo"},
                         overrides=[])
     assert demo["name"] == "demo · plan" and demo["job_type"] == "plan"
+
+
+def test_summary_lists_full_paths_and_unscored_benchmarks():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from aloevision.summary import summary_lines
+
+    run = Path("/very/long/outputs/multirun/ablation_mixture/2026-01-01_00-00-00/0_mixture-final+train.max_steps-2")
+    rec = {"status": "failed", "error": "ValueError: boom", "group": "ablation_mixture",
+           "metrics": {"eval/demo_mcq": 50.0},
+           "paths": {"run_dir": str(run), "model": str(run / "model")},
+           "wandb": {"mode": "offline", "id": "abc", "dir": str(run / "wandb/offline-run-1-abc")},
+           "stages": {"eval": {"harness_status": {"demo_mcq": "builtin: 10 items", "demo_open": "builtin: 5 items"}},
+                      "eval_judges_demo_open": {"unscored": 5, "items": 5}}}
+    lines = summary_lines(OmegaConf.create({"group": "g", "stage": "all"}), rec, run)
+    assert lines[0] == "aloevision · group ablation_mixture · stage all · failed" and "error: ValueError: boom" in lines[1]
+    text = "\n".join(lines)
+    for path in (run, run / "run_record.json", run / "model", run / "wandb/offline-run-1-abc"):
+        assert any(line.rstrip().endswith(str(path)) for line in lines), path  # whole, one per line
+    assert "wandb sync " + str(run / "wandb/offline-run-1-abc") in text
+    assert "eval/demo_open: no score (builtin: 5 items; judges could not grade 5 of 5 answers)" in " ".join(text.split())
+
+
+def test_end_status_interrupted_failed_and_submitit_requeue(session_root, tmp_path):
+    import logging
+
+    from submitit.core.job_environment import SignalHandler
+
+    from aloevision.tracking import Terminated, close_tracker, status_of
+
+    assert status_of(None) == "finished" and status_of(KeyboardInterrupt()) == "interrupted"
+    assert status_of(Terminated("signal SIGTERM")) == "interrupted" and status_of(ValueError("x")) == "failed"
+    assert status_of(SystemExit("Config error: ...")) == "failed"
+    handler = SignalHandler.__new__(SignalHandler)
+    handler._logger = logging.getLogger("submitit-test")
+    try:
+        handler._exit()  # what submitit does after requeuing a preempted / timed-out job
+    except SystemExit as e:
+        requeued = e
+    assert status_of(requeued) == "interrupted"
+    t = _tracker(tmp_path / "job", mode="disabled")
+    close_tracker(t, requeued)
+    rec = json.loads((tmp_path / "job" / RUN_RECORD).read_text())
+    assert rec["status"] == "interrupted" and "requeued" in rec["error"]

@@ -35,6 +35,14 @@ def summary_lines(cfg: DictConfig, rec: dict, run_dir: Path, ended: str | None =
         if k.startswith("eval/") or k in SHOWN_METRICS:
             v = metrics[k]
             rows.append((k, f"{v:.4g}" if isinstance(v, float) else str(v)))
+    # A benchmark that ran but has no score (e.g. the judge could not parse any reply) is shown, not dropped.
+    evaluated = ((rec.get("stages") or {}).get("eval") or {}).get("harness_status") or {}
+    for key, status in sorted(evaluated.items()):
+        if not any(k == f"eval/{key}" or k.startswith(f"eval/{key}/") for k in metrics):
+            judges = (rec.get("stages") or {}).get(f"eval_judges_{key}") or {}
+            why = (f"judges could not grade {judges['unscored']} of {judges['items']} answers"
+                   if judges.get("unscored") is not None and judges.get("items") is not None else "")
+            rows.append((f"eval/{key}", f"no score ({status}{'; ' + why if why else ''})"))
     width = max(len(k) for k, _ in rows)
     lines += [f"  {k + ':':<{width + 1}} {v}" for k, v in rows]
     return lines

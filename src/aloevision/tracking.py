@@ -605,7 +605,21 @@ def status_of(exc: BaseException | None) -> str:
         return "interrupted"
     if isinstance(exc, SystemExit) and exc.code in (0, None):
         return "finished"
+    if _from_submitit(exc):  # SLURM preemption / timeout: submitit requeued the job (sys.exit(-1)) or gave up
+        return "interrupted"
     return "failed"
+
+
+def _from_submitit(exc: BaseException) -> bool:
+    """Raised by submitit's signal handler (requeue after preemption / timeout, or UncompletedJobError)?"""
+    if type(exc).__name__ == "UncompletedJobError":
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if "/submitit/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def start_tracker(cfg, run_dir: str | Path, stages_run: Iterable[str], *, enabled: bool = True) -> Tracker:
@@ -626,4 +640,6 @@ def start_tracker(cfg, run_dir: str | Path, stages_run: Iterable[str], *, enable
 def close_tracker(tracker: Tracker, exc: BaseException | None) -> None:
     """Record how the job ended: finished, interrupted (with the signal) or failed (with the error)."""
     status = status_of(exc)
+    if status == "interrupted" and isinstance(exc, SystemExit):
+        exc = "SLURM preemption / timeout: submitit requeued the job (it resumes in this folder)"
     tracker.finish(status, error=None if status == "finished" else exc)
