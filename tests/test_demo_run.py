@@ -41,6 +41,13 @@ def test_demo_ablation_sweep_then_table7(run_launch, tmp_path):
     assert sorted(r["choices"]["mixture"] for r in recs) == ["final", "medical_only", "multimodal_only"]
     assert all(r["status"] == "finished" and r["group"] == "ablation_mixture" for r in recs)
     assert len({r["run_id"] for r in recs}) == 3  # one W&B run per job
+    # Distinct names and folders from the choice that differs; every training step from 1 in each W&B run.
+    assert len({r["name"] for r in recs}) == 3 and all("mixture=" in r["name"] for r in recs)
+    assert sorted(p.parent.name.split("_", 1)[1].split("+")[0] for p in jobs) == [
+        "mixture-final", "mixture-medical_only", "mixture-multimodal_only"]
+    for p in jobs:
+        wb = read_run(find_run_log(p.parent))
+        assert [h["_step"] for h in wb["history"] if "train/loss" in h] == [1, 2] and "train" in wb["run"]["job_type"]
 
     run_launch("stage=report", "report.group=ablation_mixture")
     tables = sorted(tmp_path.glob("outputs/runs/*/*_report/report/*table7*.md"))

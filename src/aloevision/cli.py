@@ -46,6 +46,14 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if "DS_ACCELERATOR" not in os.environ:  # DeepSpeed's "Setting accelerator to CPU ... unable to detect" line
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ["DS_ACCELERATOR"] = "cpu"
+        except Exception:
+            pass
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         from transformers.utils import logging as hf_logging
