@@ -80,3 +80,32 @@ def test_demo_run_curve_is_complete_and_named(run_launch, tmp_path):
     assert f"run folder: {run}" in " ".join(proc.stdout.split()) or str(run) in proc.stdout
     assert "{'loss'" not in proc.stdout and "'loss':" in (run / "launch.log").read_text()
     assert rec["summary"][0].startswith("aloevision · group demo · stage all · finished")
+
+
+@pytest.mark.slow
+def test_no_planted_secret_reaches_any_file(tmp_path, session_root):
+    """Secrets planted in the environment, in a config value (a cluster setup line) and in an override: none appears
+    in any file of the sweep folder (Hydra's files, the run record, the log, W&B's files and its binary log), nor on
+    the console; a multirun so that Hydra's multirun.yaml and its "Launching" line are covered too."""
+    env_secret, cfg_secret, ovr_secret = "hf_" + "Q" * 34, "cfg-secret-value-77", "ovr-secret-value-88"
+    env = {**os.environ, "ALOEVISION_ROOT": str(tmp_path), "HF_TOKEN": env_secret, "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), "-m", "stage=plan", "model=qwen2vl_7b", "mixture=final,medical_only",
+         f"plan.stats={REPO / 'src/aloevision/data/paper_table1.csv'}",
+         f"cluster.setup=[\"export HF_TOKEN={env_secret}\",\"export MY_SERVICE_KEY={cfg_secret}\"]",
+         f"+mixture.sources.aloe_text.options.api_key={ovr_secret}", "eval.max_new_tokens=48"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    files = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "multirun.yaml" for p in files)
+    assert any(p.name == "hydra.yaml" for p in files) and any(p.suffix == ".log" for p in files)
+    for p in files:
+        data = p.read_bytes()
+        for s in (env_secret, cfg_secret, ovr_secret):
+            assert s.encode() not in data, f"{s} in {p}"
+    for s in (env_secret, cfg_secret, ovr_secret):
+        assert s not in proc.stdout and s not in proc.stderr
+    (rec_path, *_) = sorted((tmp_path / "outputs").rglob("run_record.json"))
+    rec = json.loads(rec_path.read_text())
+    assert rec["config"]["eval"]["max_new_tokens"] == 48  # settings named *token* are left alone
+    assert "api_key=***" in " ".join(rec["overrides"]) and rec["group"] == "sweep"
