@@ -252,3 +252,9 @@ def test_end_status_interrupted_failed_and_submitit_requeue(session_root, tmp_pa
     close_tracker(t, requeued)
     rec = json.loads((tmp_path / "job" / RUN_RECORD).read_text())
     assert rec["status"] == "interrupted" and "requeued" in rec["error"]
+    # A stage that stops on a signal and returns normally (training after saving its checkpoint) marks it.
+    t = _tracker(tmp_path / "job2", mode="disabled")
+    t.mark_interrupted("SIGTERM at step 40: checkpoint-40 saved")
+    close_tracker(t, None)
+    rec = json.loads((tmp_path / "job2" / RUN_RECORD).read_text())
+    assert rec["status"] == "interrupted" and rec["error"] == "SIGTERM at step 40: checkpoint-40 saved"

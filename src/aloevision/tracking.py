@@ -393,6 +393,7 @@ class Tracker:
             self.record["previous_attempts"] = (previous.get("previous_attempts") or []) + [
                 {k: previous.get(k) for k in ("status", "started", "finished", "error") if previous.get(k)}]
         self.run = None
+        self.interrupt_reason: str | None = None
         if enabled:
             scrub_folder(self.run_dir, self.secrets)  # Hydra's .hydra/*.yaml and config.yaml, written before us
             self._save()  # the run id is on disk before W&B starts: a job killed during init resumes the same run
@@ -534,6 +535,11 @@ class Tracker:
         except Exception as e:
             log.warning("W&B image %s failed (%s)", key, e)
 
+    def mark_interrupted(self, reason: str) -> None:
+        """A stage that stops early on a signal and returns normally (e.g. training saving a checkpoint on SIGTERM)
+        says so here: the job is then recorded `interrupted`, with `reason`, not `finished`."""
+        self.interrupt_reason = reason
+
     def stage_report(self, stage: str, report: dict[str, Any]) -> None:
         self.record["stages"][stage] = scrub(report, self.secrets)
         self._save()
@@ -640,6 +646,8 @@ def start_tracker(cfg, run_dir: str | Path, stages_run: Iterable[str], *, enable
 def close_tracker(tracker: Tracker, exc: BaseException | None) -> None:
     """Record how the job ended: finished, interrupted (with the signal) or failed (with the error)."""
     status = status_of(exc)
+    if status == "finished" and tracker.interrupt_reason:
+        status, exc = "interrupted", tracker.interrupt_reason
     if status == "interrupted" and isinstance(exc, SystemExit):
         exc = "SLURM preemption / timeout: submitit requeued the job (it resumes in this folder)"
     tracker.finish(status, error=None if status == "finished" else exc)
