@@ -165,7 +165,7 @@ NAME_GROUPS = ("mixture", "model", "filter", "leakage", "eval")  # choices that 
 TAG_GROUPS = NAME_GROUPS + ("cluster", "experiment")
 # Overrides that say where / how things are logged, not what the run is: never in names or folder names.
 NOT_IN_NAME = ("paths.", "hydra.", "wandb.", "report.", "cluster.", "plan.", "mix.push_to_hub")
-NOT_IN_NAME_KEYS = {"stage", "group", "paths", "wandb", "report"}
+NOT_IN_NAME_KEYS = {"stage", "group", "paths", "wandb", "report", "upstream"}
 
 
 def default_choices() -> dict[str, str]:
