@@ -107,11 +107,17 @@ def _slurm_jobs(sweep_dir: Path, n: int) -> list[str]:
     return folders
 
 
+def _job_dir(sweep_dir: Path, i: int) -> Path:
+    """Job i's folder: `<i>` or `<i>_<choices that differ>` (e.g. `0_train.max_steps-1`)."""
+    (d,) = [p for p in sweep_dir.iterdir() if p.is_dir() and (p.name == str(i) or p.name.startswith(f"{i}_"))]
+    return d
+
+
 def _records(sweep_dir: Path, n: int) -> list[dict]:
-    recs = [json.loads((sweep_dir / str(i) / "run_record.json").read_text()) for i in range(n)]
+    recs = [json.loads((_job_dir(sweep_dir, i) / "run_record.json").read_text()) for i in range(n)]
     for i, rec in enumerate(recs):
         assert rec["status"] == "finished", rec
-        assert Path(rec["paths"]["run_dir"]) == sweep_dir / str(i)  # every job's outputs under the sweep folder
+        assert Path(rec["paths"]["run_dir"]) == _job_dir(sweep_dir, i)  # every job's outputs under the sweep folder
     return recs
 
 
@@ -120,11 +126,11 @@ def _check_wandb(sweep_dir: Path, recs: list[dict], group: str, job_type: str) -
     ids = []
     for i, rec in enumerate(recs):
         assert rec["group"] == group
-        run = read_run(find_run_log(sweep_dir / str(i)))
+        run = read_run(find_run_log(_job_dir(sweep_dir, i)))
         assert run["run"]["group"] == group and run["run"]["job_type"] == job_type
         assert rec["run_id"] and rec["wandb"]["id"] == rec["run_id"]
         ids.append(rec["run_id"])
-        assert len(list((sweep_dir / str(i) / "wandb").glob("offline-run-*"))) == 1
+        assert len(list((_job_dir(sweep_dir, i) / "wandb").glob("offline-run-*"))) == 1
     assert len(set(ids)) == len(ids)
 
 
@@ -141,7 +147,7 @@ def test_plan_sweep_through_the_submitit_slurm_launcher(slurm_cluster, session_r
     assert [r["choices"]["mixture"] for r in recs] == ["final", "medical_only"]
     assert all(r["choices"]["cluster"] == "slurm_local" and r["job_type"] == "plan" for r in recs)
     _check_wandb(sweep, recs, "slurm_plan_sweep", "plan")
-    plans = [json.loads((sweep / str(i) / "plan.json").read_text()) for i in range(2)]
+    plans = [json.loads((_job_dir(sweep, i) / "plan.json").read_text()) for i in range(2)]
     # Paper Table 1 stats: the medical-only ablation is smaller, and still trains the final mixture's steps.
     assert plans[1]["samples"] < plans[0]["samples"]
     assert plans[1]["training"]["total_steps"] >= plans[0]["training"]["total_steps"]
@@ -187,7 +193,7 @@ def test_training_sweep_through_the_submitit_slurm_launcher(slurm_cluster, sessi
     for i, t in enumerate(trains):
         assert t["distributed"]["source"] == "submitit" and t["distributed"]["world_size"] == 1
         assert recs[i]["metrics"]["train/global_step"] == i + 1
-        assert (sweep / str(i) / "model").is_dir() or any((sweep / str(i)).glob("checkpoints/*"))
+        assert (_job_dir(sweep, i) / "model").is_dir() or any((_job_dir(sweep, i)).glob("checkpoints/*"))
     # Same seed, same mixture: the same first step.
     assert trains[0]["loss_history"][0] == trains[1]["loss_history"][0]
     assert recs[0]["stages"]["mix"]["artifact"] == recs[1]["stages"]["mix"]["artifact"]
@@ -248,5 +254,5 @@ def test_submitit_launcher_two_tasks_per_node_zero3_training(slurm_cluster, sess
     for task in (0, 1):
         out = (sweep / ".submitit" / job_id / f"{job_id}_{task}_log.out").read_text()
         assert f"global_rank={task}(2)" in out, out[:1500]
-    _check_zero3(sweep / "0", "submitit")
+    _check_zero3(_job_dir(sweep, 0), "submitit")
     _check_wandb(sweep, _records(sweep, 1), "slurm_zero3", "train")

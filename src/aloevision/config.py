@@ -337,25 +337,35 @@ def output_dir() -> str:
     return str(hc.run.dir)
 
 
-def register_configs() -> None:
+def _register_resolvers() -> None:
+    """The `${aloe.*:}` resolvers. Also run when this module is imported: a submitit job on a SLURM node resolves its
+    run folder (`${aloe.run_tag:}`, `${group}`) from a config it unpickled, which imports this module (the schema's
+    dataclasses) but never runs launch.py's `register_configs()`."""
+    import os
+
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("aloe.nodes"):
-        OmegaConf.register_new_resolver("aloe.nodes", nodes_for)
-    if not OmegaConf.has_resolver("aloe.for_stage"):
-        OmegaConf.register_new_resolver("aloe.for_stage", for_stage)
-    if not OmegaConf.has_resolver("aloe.run_tag"):
-        # `_mixture=final,train.max_steps=2`: run and sweep folders named by the choices that differ.
-        from aloevision.tracking import default_group, folder_tag
+    def _tracking(name: str):
+        def call(*args):
+            from aloevision import tracking
 
-        OmegaConf.register_new_resolver("aloe.run_tag", folder_tag)
-        OmegaConf.register_new_resolver("aloe.group", default_group)
-        OmegaConf.register_new_resolver("aloe.output_dir", output_dir)
-    if not OmegaConf.has_resolver("aloe.cwd"):
-        # The launch directory. (${hydra:runtime.cwd} is not set yet when Hydra resolves a multirun's sweep dir.)
-        import os
+            return getattr(tracking, name)(*args)
 
-        OmegaConf.register_new_resolver("aloe.cwd", os.getcwd)
+        return call
+
+    for name, fn in (("aloe.nodes", nodes_for), ("aloe.for_stage", for_stage),
+                     # run and sweep folders named by the choices that differ (`_mixture-final`), the default group
+                     ("aloe.run_tag", _tracking("folder_tag")), ("aloe.group", _tracking("default_group")),
+                     ("aloe.output_dir", output_dir),
+                     # The launch directory. (${hydra:runtime.cwd} is not set yet when Hydra resolves a multirun's
+                     # sweep dir.)
+                     ("aloe.cwd", os.getcwd)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def register_configs() -> None:
+    _register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, node in (
@@ -445,3 +455,6 @@ def validate(cfg) -> None:
     problem = target_shares_problem(dict(cfg.mixture.targets))
     if problem:
         raise ConfigError(problem)
+
+
+_register_resolvers()  # see its docstring: jobs that unpickle a config get the resolvers too
