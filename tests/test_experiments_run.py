@@ -33,9 +33,11 @@ AR = ["aloe_vision_7b_ar", "demo_ar"]
 
 
 def _records(folder: Path, n: int) -> list[dict]:
-    recs = [json.loads((folder / str(i) / "run_record.json").read_text()) for i in range(n)]
-    assert not (folder / str(n)).exists(), f"more than {n} jobs in {folder}"
-    return recs
+    from aloevision.tracking import sweep_job_dirs
+
+    jobs = sweep_job_dirs(folder)  # `0_mixture-final`, ...: named by the choice that differs
+    assert len(jobs) == n, f"{len(jobs)} jobs in {folder}, expected {n}"
+    return [json.loads((d / "run_record.json").read_text()) for d in jobs]
 
 
 def test_every_experiment_file_has_a_tiny_run():
@@ -52,7 +54,9 @@ def test_ablation_sweep_expands_to_its_rows_and_runs(experiment, run_launch, tmp
     assert [r["choices"][key] for r in recs] == values
     assert all(r["status"] == "finished" and r["group"] == experiment and r["choices"]["model"] == "tiny"
                for r in recs)
-    plans = [json.loads((sweep / str(i) / "plan.json").read_text()) for i in range(len(values))]
+    from aloevision.tracking import sweep_job_dirs
+
+    plans = [json.loads((d / "plan.json").read_text()) for d in sweep_job_dirs(sweep)]
     assert all(p["samples"] > 0 and p["training"]["total_steps"] > 0 for p in plans)
     cfgs = [r["config"] for r in recs]
     if experiment == "ablation_leakage":

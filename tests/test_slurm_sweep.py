@@ -109,8 +109,9 @@ def _slurm_jobs(sweep_dir: Path, n: int) -> list[str]:
 
 def _job_dir(sweep_dir: Path, i: int) -> Path:
     """Job i's folder: `<i>` or `<i>_<choices that differ>` (e.g. `0_train.max_steps-1`)."""
-    (d,) = [p for p in sweep_dir.iterdir() if p.is_dir() and (p.name == str(i) or p.name.startswith(f"{i}_"))]
-    return d
+    from aloevision.tracking import sweep_job_dirs
+
+    return sweep_job_dirs(sweep_dir)[i]
 
 
 def _records(sweep_dir: Path, n: int) -> list[dict]:

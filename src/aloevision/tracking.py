@@ -651,3 +651,13 @@ def close_tracker(tracker: Tracker, exc: BaseException | None) -> None:
     if status == "interrupted" and isinstance(exc, SystemExit):
         exc = "SLURM preemption / timeout: submitit requeued the job (it resumes in this folder)"
     tracker.finish(status, error=None if status == "finished" else exc)
+
+
+def sweep_job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """A sweep's job folders in job order: `<n>` or `<n>_<choices that differ>` (e.g. `0_mixture-final`)."""
+    found = []
+    for p in Path(sweep_dir).iterdir():
+        num = p.name.split("_", 1)[0]
+        if p.is_dir() and num.isdigit():
+            found.append((int(num), p))
+    return [p for _, p in sorted(found)]
