@@ -72,7 +72,8 @@ def test_demo_run_curve_is_complete_and_named(run_launch, tmp_path):
     steps = [h["_step"] for h in wb["history"] if "train/loss" in h]
     assert steps == list(range(1, 9))
     assert max(h["_step"] for h in wb["history"]) == 8  # tables/images never advanced the axis
-    assert wb["run"]["group"] == "demo" and wb["run"]["job_type"].startswith("ingest+") and "train" in wb["run"]["job_type"]
+    assert wb["run"]["group"] == "demo" and wb["run"]["job_type"].startswith("ingest+")
+    assert "train" in wb["run"]["job_type"]
     assert "stage=all" in wb["run"]["tags"]
     rec = json.loads((run / "run_record.json").read_text())
     assert rec["name"] == "train.max_steps=8 · all"

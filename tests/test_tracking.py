@@ -223,12 +223,14 @@ def test_summary_lists_full_paths_and_unscored_benchmarks():
            "stages": {"eval": {"harness_status": {"demo_mcq": "builtin: 10 items", "demo_open": "builtin: 5 items"}},
                       "eval_judges_demo_open": {"unscored": 5, "items": 5}}}
     lines = summary_lines(OmegaConf.create({"group": "g", "stage": "all"}), rec, run)
-    assert lines[0] == "aloevision · group ablation_mixture · stage all · failed" and "error: ValueError: boom" in lines[1]
+    assert lines[0] == "aloevision · group ablation_mixture · stage all · failed"
+    assert "error: ValueError: boom" in lines[1]
     text = "\n".join(lines)
     for path in (run, run / "run_record.json", run / "model", run / "wandb/offline-run-1-abc"):
         assert any(line.rstrip().endswith(str(path)) for line in lines), path  # whole, one per line
     assert "wandb sync " + str(run / "wandb/offline-run-1-abc") in text
-    assert "eval/demo_open: no score (builtin: 5 items; judges could not grade 5 of 5 answers)" in " ".join(text.split())
+    flat = " ".join(text.split())
+    assert "eval/demo_open: no score (builtin: 5 items; judges could not grade 5 of 5 answers)" in flat
 
 
 def test_end_status_interrupted_failed_and_submitit_requeue(session_root, tmp_path):

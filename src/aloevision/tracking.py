@@ -78,9 +78,10 @@ def collect_secrets(obj: Any, found: set[str] | None = None) -> set[str]:
     found = set() if found is None else found
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if _secret_name(str(k)) and isinstance(v, (str, int, float)) and str(v) and str(v).lower() not in NOT_A_VALUE:
-                if len(str(v)) >= 4:
-                    found.add(str(v))
+            value = str(v)
+            if _secret_name(str(k)) and isinstance(v, (str, int, float)) and value.lower() not in NOT_A_VALUE:
+                if len(value) >= 4:
+                    found.add(value)
             else:
                 collect_secrets(v, found)
     elif isinstance(obj, (list, tuple)):
@@ -198,7 +199,8 @@ def run_tag(choices: dict[str, str], overrides: Iterable[str], *, max_len: int =
         key, val = o.split("=", 1)
         key = key.lstrip("+")
         if (key in NAME_GROUPS or key in TAG_GROUPS or "." not in key and key in NOT_IN_NAME_KEYS or "@" in key
-                or (key.startswith(NOT_IN_NAME) and key != "cluster.data_shard") or _secret_name(key) or "/" in val or len(val) > 24 or not val):
+                or (key.startswith(NOT_IN_NAME) and key != "cluster.data_shard") or _secret_name(key)
+                or "/" in val or len(val) > 24 or not val):
             continue
         parts.append(f"{key}={val}")
     if folder:
@@ -386,7 +388,8 @@ class Tracker:
             "paths": {"run_dir": str(self.run_dir)},
             # Where the job ran: SLURM ids trace a run back to its job (and array task) in sacct / submitit logs.
             "slurm": {k.lower(): os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
-                                                          "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT") if k in os.environ},
+                                                          "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
+                      if k in os.environ},
             "wandb": {"tags": list(tags or []), "last_step": self.resume_floor},
         }
         if previous:
