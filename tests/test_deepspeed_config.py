@@ -127,3 +127,88 @@ def test_for_run_uses_train_overrides_and_write_round_trips(tmp_path):
         bad = recipe("qwen2vl_7b")
         bad.zero_stage = 5
         dc.build(bad)
+
+
+# Architecture of the real checkpoints (their config.json), for the Trainer's "auto" bucket sizes: no weights needed.
+QWEN2VL_TEXT = {"qwen2vl_7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                                   intermediate_size=18944, vocab_size=152064),
+                "qwen2vl_72b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                                    intermediate_size=29568, vocab_size=152064)}
+
+
+@pytest.mark.parametrize("name", ["qwen2vl_7b", "qwen2vl_72b"])
+def test_sftconfig_and_deepspeed_agree_on_every_recipe_field(tmp_path, name):
+    """What the train stage builds for the Table 6 recipes: SFTConfig + DeepSpeed config from one set of resolved
+    values; the HF Trainer's own consistency check (trainer_config_process at SFTConfig creation, then
+    trainer_config_finalize as at engine start) finds no mismatch, and each recipe field sits where RECIPE_ROUTES says.
+    The values are resolved as on a GPU node (bf16 on); SFTConfig gets use_cpu=True only so that it can be
+    constructed on this CPU machine."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from conftest import compose
+    from transformers import Qwen2VLConfig
+
+    from aloevision.config import RecipeConfig
+    from aloevision.planning import run_schedule
+    from aloevision.training import arguments as targs
+
+    cfg = compose([f"model={name}", "cluster=marenostrum5"], root=tmp_path)
+    r = cfg.model.recipe
+    assert set(targs.RECIPE_ROUTES) == {f.name for f in dataclasses.fields(RecipeConfig)}, "a recipe field has no route"
+    schedule = run_schedule(3_571_622, r, cfg.train, world_size=int(r.gpus))
+    values = targs.resolve(cfg, schedule, use_cpu=False)
+    ds = targs.deepspeed(cfg, values, world_size=int(r.gpus))
+    args = targs.sft_config(cfg, tmp_path, values, use_cpu=True, ds_config=ds)
+
+    hf = args.hf_deepspeed_config
+    assert hf.mismatches == []
+    model = SimpleNamespace(config=Qwen2VLConfig(text_config=QWEN2VL_TEXT[name]))
+    hf.trainer_config_finalize(args, model, schedule["max_steps"])  # raises on any mismatch
+    assert hf.config["zero_optimization"]["reduce_bucket_size"] == QWEN2VL_TEXT[name]["hidden_size"] ** 2
+
+    def ds_value(key):
+        node = ds
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    expected = {"micro_batch_size": r.micro_batch_size, "gradient_accumulation_steps": r.gradient_accumulation_steps,
+                "learning_rate": r.learning_rate, "optimizer": r.optimizer, "lr_scheduler_type": r.lr_scheduler_type,
+                "warmup_ratio": r.warmup_ratio, "epochs": schedule["max_steps"], "weight_decay": r.weight_decay,
+                "bf16": r.bf16, "gradient_checkpointing": r.gradient_checkpointing, "zero_stage": r.zero_stage,
+                "max_grad_norm": r.max_grad_norm}
+    for field, (sft_name, ds_key) in targs.RECIPE_ROUTES.items():
+        if sft_name and field in expected:
+            assert getattr(args, sft_name) == expected[field], f"{field} -> SFTConfig.{sft_name}"
+        if ds_key and field in expected:
+            assert ds_value(ds_key) == expected[field], f"{field} -> DeepSpeed {ds_key}"
+    assert ds["train_batch_size"] == "auto" and schedule["global_batch"] == r.global_batch_size
+    assert "offload_optimizer" not in ds["zero_optimization"] and r.zero_offload == "none"
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+
+    # The check is live: a clipping value that reaches only one side is caught by the Trainer.
+    other = dict(values, max_grad_norm=0.5)
+    bad = targs.sft_config(cfg, tmp_path, other, use_cpu=True, ds_config=ds)
+    with pytest.raises(ValueError, match="gradient_clipping"):
+        bad.hf_deepspeed_config.trainer_config_finalize(bad, model, schedule["max_steps"])
+
+
+def test_cluster_dataloader_settings_reach_sftconfig(tmp_path):
+    from conftest import compose
+
+    from aloevision.planning import run_schedule
+    from aloevision.training import arguments as targs
+
+    for cluster, workers in (("marenostrum5", 8), ("leonardo", 4), ("local", 0)):
+        cfg = compose(["model=qwen2vl_7b", f"cluster={cluster}"], root=tmp_path)
+        assert cfg.train.num_workers == workers
+        schedule = run_schedule(100_000, cfg.model.recipe, cfg.train, world_size=32)
+        values = targs.resolve(cfg, schedule, use_cpu=True)
+        args = targs.sft_config(cfg, tmp_path, values, use_cpu=True, ds_config=None)
+        assert args.dataloader_num_workers == workers
+        assert args.dataloader_persistent_workers == (workers > 0)
+        if cluster != "local":
+            launcher = OmegaConf.load(REPO / "conf" / "cluster" / f"{cluster}.yaml").hydra.launcher
+            assert cfg.train.save_interval_min == 120 and launcher.signal_delay_s >= 600
+            assert cfg.wandb.mode == os.environ.get("WANDB_MODE", "offline")

@@ -132,7 +132,7 @@ def test_errors(table1):
     with pytest.raises(PlanError, match=r"\['magpie'\] are short: target 18.2% .*short by 100%"):
         plan_mixture(mixture("x", ALL, dict(medical_multimodal=0.4184, medical_text=0.2973, general_text=0.1821,
                                             general_multimodal=0.1022)), empty)
-    with pytest.raises(PlanError, match=r"global batch 1024 != micro batch 16 x gradient accumulation 2 x GPUs 16"):
+    with pytest.raises(PlanError, match=r"micro batch 16 x gradient accumulation 2 x world size 16 = 512 ≠ configured global batch 1024"):
         plan_training(3.5e6, {**RECIPE_7B, "gpus": 16})
 
 

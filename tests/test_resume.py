@@ -88,3 +88,65 @@ def test_killed_job_resumes_to_the_same_result(run_launch, tmp_path, session_roo
     assert w_ref.keys() == w_res.keys()
     for k in w_ref:
         torch.testing.assert_close(w_res[k], w_ref[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def _wait_for_step(proc, run_dir: Path, step: int, timeout: float = 240) -> None:
+    progress = run_dir / "train_progress.json"
+    deadline = time.monotonic() + timeout
+    while True:
+        if progress.is_file():
+            try:
+                if json.loads(progress.read_text())["step"] >= step:
+                    return
+            except (ValueError, KeyError):  # replaced while reading
+                pass
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended before step {step} ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no step {step} within {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_pre_timeout_signal_checkpoints_and_the_requeued_job_resumes(run_launch, tmp_path, session_root):
+    """SLURM's pre-timeout signal (USR2: submitit's `--signal=USR2@<signal_delay_s>`) reaches the job between two
+    regular checkpoints (save_steps=100: there are none): the job writes a checkpoint at the end of the current step,
+    stops, and exits 128+12; the requeued job (the same command) resumes from it and ends exactly where an
+    uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    shared = [f"paths.cache_dir={session_root / 'cache' / 'shared'}", f"paths.demo_dir={session_root / 'demo_data'}"]
+    env = _env(tmp_path)
+    steps = ["stage=train", "train.max_steps=6", "train.save_steps=100"]
+    ref = tmp_path / "uninterrupted"
+    run_launch(*steps, f"hydra.run.dir={ref}")
+
+    run_dir = tmp_path / "signalled"
+    cmd = [sys.executable, str(REPO / "launch.py"), *steps, f"hydra.run.dir={run_dir}", *shared]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    _wait_for_step(proc, run_dir, 2)
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR2, err[-4000:]
+    assert "caught SIGUSR2" in err
+    saved = [c for c in (run_dir / "checkpoints").glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    assert len(saved) == 1, saved
+    at = int(saved[0].name.split("-")[-1])
+    assert 2 <= at < 6, f"checkpoint at step {at}"
+    assert not (run_dir / "model").exists()
+    stopped = json.loads((run_dir / "run_record.json").read_text())["stages"]["train"]
+    assert stopped["interrupted_by"] == "SIGUSR2" and stopped["global_step"] == at
+
+    again = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-6000:]
+    report = json.loads((run_dir / "run_record.json").read_text())["stages"]["train"]
+    assert report["resumed_from"].endswith(f"checkpoint-{at}") and report["global_step"] == 6
+    ref_losses, resumed = _losses(ref), _losses(run_dir)
+    assert [s for s, _ in resumed] == [1, 2, 3, 4, 5, 6]
+    for (step, a), (_, b) in zip(ref_losses, resumed):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), f"step {step}: {a} (uninterrupted) vs {b} (resumed)"
+    w_ref, w_res = load_file(ref / "model" / "model.safetensors"), load_file(run_dir / "model" / "model.safetensors")
+    for k in w_ref:
+        torch.testing.assert_close(w_res[k], w_ref[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")

@@ -61,7 +61,7 @@ def test_wrong_batch_factor_fails_first(run_launch, tmp_path):
                       "wandb.mode=disabled", check=False, cache=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "micro batch 3" in out and "gradient accumulation 2" in out and "GPUs 32" in out
+    assert "micro batch 3" in out and "gradient accumulation 2" in out and "world size 32" in out
     assert "ingest" not in out.replace("stage plan", "") and not list(tmp_path.glob("outputs/cache/ingest/*"))
     assert not list(tmp_path.glob("outputs/runs/**/plan.json"))
 

@@ -244,7 +244,9 @@ class TrainConfig:
     logging_steps: int = 1
     save_steps: int = 500
     save_total_limit: int = 2
-    num_workers: int = 0
+    save_interval_min: Optional[float] = None  # also checkpoint when this long has passed since the last one
+    num_workers: int = 0  # dataloader worker processes per rank (conf/cluster/* sets them per node)
+    pin_memory: bool = True  # pinned host memory for batches (GPU runs only)
     resume: bool = True  # resume from the latest checkpoint in the run folder
 
 

@@ -430,6 +430,87 @@ def _short(units, avail, taus, max_repeat, tol, budget) -> None:
                     + ". Lower the budget, raise mixture.max_repeat, or add data.")
 
 
+# -- batch and steps: the ONE rule that plan, mix and train use ----------------------------------------------------
+def batch_factors(recipe: Any, *, micro_batch_size: int | None = None, gradient_accumulation_steps: int | None = None,
+                  world_size: int | None = None) -> tuple[int, int, int]:
+    """(micro batch per device, accumulation steps, world size): the train.* overrides when given, else the recipe's
+    (world size: the recipe's `gpus`)."""
+    micro = int(micro_batch_size or _get(recipe, "micro_batch_size"))
+    accum = int(gradient_accumulation_steps or _get(recipe, "gradient_accumulation_steps"))
+    world = int(world_size if world_size is not None else _get(recipe, "gpus"))
+    return micro, accum, world
+
+
+def check_global_batch(recipe: Any, *, micro_batch_size: int | None = None,
+                       gradient_accumulation_steps: int | None = None, world_size: int | None = None,
+                       global_batch: int | None = None) -> int:
+    """Fail unless micro x accumulation x world size equals the recipe's global batch; return it. The message shows
+    the three factors (run before submission, again in every rank)."""
+    micro, accum, world = batch_factors(recipe, micro_batch_size=micro_batch_size,
+                                        gradient_accumulation_steps=gradient_accumulation_steps, world_size=world_size)
+    target = int(global_batch if global_batch is not None else _get(recipe, "global_batch_size"))
+    for name, value in (("micro batch", micro), ("gradient accumulation", accum), ("world size", world)):
+        if value < 1:
+            raise PlanError(f"{name} must be >= 1, got {value}")
+    got = micro * accum * world
+    if got != target:
+        raise PlanError(
+            f"global batch mismatch: micro batch {micro} x gradient accumulation {accum} x world size {world} = {got}"
+            f" ≠ configured global batch {target}. Fix model.recipe (micro_batch_size, gradient_accumulation_steps,"
+            f" global_batch_size, gpus), the train.* overrides, or the cluster size (nodes x gpus_per_node)."
+        )
+    return got
+
+
+def epochs_and_steps(samples: float, global_batch: int, epochs: float, reference_steps: int | None = None, *,
+                     strict: bool = True) -> tuple[int, float, int, str]:
+    """(steps per epoch, epochs, total steps, rule). steps_per_epoch = floor(samples / global batch); a mixture
+    whose recipe epochs give fewer optimizer steps than `reference_steps` trains fractional epochs reaching them
+    (paper Appendix D). strict: fewer samples than one global batch is an error (else one step per epoch: tiny runs)."""
+    n = int(round(samples))
+    steps_per_epoch = n // int(global_batch)
+    if steps_per_epoch < 1:
+        if strict:
+            raise PlanError(f"{n} samples do not fill one global batch of {global_batch}")
+        steps_per_epoch = 1
+    rule = "recipe"
+    if reference_steps and steps_per_epoch * epochs < reference_steps:
+        epochs, rule = reference_steps / steps_per_epoch, "fractional: reference_steps / steps_per_epoch"
+    return steps_per_epoch, float(epochs), math.ceil(round(epochs * steps_per_epoch, 6)), rule
+
+
+def run_schedule(n_samples: int, recipe: Any, train: Any = None, *, world_size: int,
+                 planned: Mapping[str, Any] | None = None, reference_steps: int | None = None) -> dict[str, Any]:
+    """Micro batch, accumulation and steps of an actual training job of `world_size` ranks (the train stage).
+
+    Steps: the plan's (`planned` = plan.json's "training", written by plan/mix) when this job's global batch is the
+    plan's; with another global batch (a local run of a cluster recipe) the plan's epochs are kept and the steps
+    follow this batch. Without a plan, the same rule as the planner from `reference_steps`. `train.max_steps`
+    overrides everything. The recipe's global batch is enforced when the job has the recipe's world size and no
+    train.* batch override (a smaller local job of a cluster recipe is allowed to differ)."""
+    t_micro, t_accum = _get(train, "micro_batch_size"), _get(train, "gradient_accumulation_steps")
+    micro, accum, ws = batch_factors(recipe, micro_batch_size=t_micro, gradient_accumulation_steps=t_accum,
+                                     world_size=world_size)
+    global_batch = micro * accum * ws
+    if t_micro is None and t_accum is None and ws == int(_get(recipe, "gpus")):
+        check_global_batch(recipe, world_size=ws)
+    if planned:
+        steps_per_epoch, epochs, _, _ = epochs_and_steps(n_samples, global_batch, float(planned["epochs"]),
+                                                         strict=False)
+        if global_batch == int(planned["global_batch_size"]):
+            total, source = int(planned["total_steps"]), "plan"
+        else:
+            total, source = math.ceil(round(epochs * steps_per_epoch, 6)), "plan epochs x this run's steps/epoch"
+    else:
+        steps_per_epoch, epochs, total, rule = epochs_and_steps(
+            n_samples, global_batch, float(_get(recipe, "epochs", 1.0) or 1.0), reference_steps, strict=False)
+        source = "recipe" if rule == "recipe" else "mixture.reference_steps"
+    if _get(train, "max_steps"):
+        total, source = int(_get(train, "max_steps")), "train.max_steps"
+    return dict(micro=micro, accum=accum, world_size=ws, global_batch=global_batch,
+                steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=total, steps_from=source)
+
+
 # -- training arithmetic -------------------------------------------------------------------------------------------
 def plan_training(
     samples: float,
@@ -441,16 +522,10 @@ def plan_training(
     gradient_accumulation_steps: int | None = None,
     world_size: int | None = None,
 ) -> TrainingPlan:
-    gb = int(_get(recipe, "global_batch_size"))
-    micro = int(micro_batch_size or _get(recipe, "micro_batch_size"))
-    accum = int(gradient_accumulation_steps or _get(recipe, "gradient_accumulation_steps"))
-    gpus = int(world_size or _get(recipe, "gpus"))
-    if micro * accum * gpus != gb:
-        raise PlanError(
-            f"global batch {gb} != micro batch {micro} x gradient accumulation {accum} x GPUs {gpus} "
-            f"(= {micro * accum * gpus}); fix model.recipe (global_batch_size, micro_batch_size, "
-            "gradient_accumulation_steps, gpus) or the train.* overrides"
-        )
+    gb = check_global_batch(recipe, micro_batch_size=micro_batch_size,
+                            gradient_accumulation_steps=gradient_accumulation_steps, world_size=world_size)
+    micro, accum, gpus = batch_factors(recipe, micro_batch_size=micro_batch_size,
+                                       gradient_accumulation_steps=gradient_accumulation_steps, world_size=world_size)
     notes = []
     gpn = int(_get(cluster, "gpus_per_node", 0) or 0)
     if gpn > 0:
@@ -466,15 +541,8 @@ def plan_training(
         if gpus > 1:
             notes.append(f"cluster {_get(cluster, 'name', '')!s} declares no GPUs per node; the node count is the "
                          "cluster's own (pick a GPU cluster config, e.g. cluster=marenostrum5, for the real layout)")
-    n = int(round(samples))
-    steps_per_epoch = n // gb
-    if steps_per_epoch < 1:
-        raise PlanError(f"{n} samples do not fill one global batch of {gb}")
-    base_epochs = float(_get(recipe, "epochs", 1.0) or 1.0)
-    epochs, rule = base_epochs, "recipe"
-    if reference_steps and steps_per_epoch * base_epochs < reference_steps:
-        epochs, rule = reference_steps / steps_per_epoch, "fractional: reference_steps / steps_per_epoch"
-    total_steps = math.ceil(round(epochs * steps_per_epoch, 6))
+    steps_per_epoch, epochs, total_steps, rule = epochs_and_steps(
+        samples, gb, float(_get(recipe, "epochs", 1.0) or 1.0), reference_steps)
     seen = total_steps * gb
     sps = _get(recipe, "samples_per_gpu_second")
     gpu_hours = seen / float(sps) / 3600 if sps else None

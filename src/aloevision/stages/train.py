@@ -8,9 +8,10 @@ run folder; a re-run of the same folder resumes from the latest one (optimizer, 
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 from aloevision.config import ConfigError
 
 log = logging.getLogger(__name__)
+PROGRESS_FILE = "train_progress.json"  # step, elapsed, throughput: the plan's measured rate (plan.measured)
 from aloevision.model.checkpoints import FINAL_MODEL_DIR, resolve_init_from  # noqa: F401
 
 
@@ -27,93 +29,18 @@ def world_size() -> int:
 
 
 def batch_plan(cfg: DictConfig, n_samples: int, mix_plan: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Micro batch, accumulation and steps for this run, checked against the recipe's global batch.
+    """Micro batch, accumulation and steps for this run: the planner's rule (`planning.run_schedule`), fed with the
+    mix stage's plan (`mix_plan["training"]`) when there is one, else `mixture.reference_steps`."""
+    from aloevision.planning import run_schedule
 
-    Steps: what the mix stage's plan says (`mix_plan["training"]`, `aloevision.planning`: the recipe's epochs, or
-    fractional epochs reaching the reference mixture's steps, paper Appendix D). When this run's global batch differs
-    from the plan's (a local run of a cluster recipe), the plan's epochs are kept and the steps follow this batch.
-    Without a plan (a mixture built elsewhere), the same rule from `mixture.reference_steps`. `train.max_steps`
-    overrides everything."""
-    r = cfg.model.recipe
-    micro = cfg.train.micro_batch_size or r.micro_batch_size
-    accum = cfg.train.gradient_accumulation_steps or r.gradient_accumulation_steps
-    ws = cfg.train.world_size or world_size()
-    global_batch = micro * accum * ws
-    if cfg.train.micro_batch_size is None and cfg.train.gradient_accumulation_steps is None and ws == r.gpus:
-        if global_batch != r.global_batch_size:
-            raise ConfigError(
-                f"model.recipe: micro batch {micro} x accumulation {accum} x world size {ws} = {global_batch}, "
-                f"but global_batch_size is {r.global_batch_size}; fix one of the three factors"
-            )
-    steps_per_epoch = max(1, n_samples // global_batch)
-    tr = (mix_plan or {}).get("training")
-    if tr:
-        epochs = float(tr["epochs"])
-        if global_batch == tr["global_batch_size"]:
-            total, source = int(tr["total_steps"]), "plan"
-        else:
-            total, source = math.ceil(round(epochs * steps_per_epoch, 6)), "plan epochs x this run's steps/epoch"
-    else:
-        epochs, source = float(r.epochs), "recipe"
-        ref = cfg.mixture.reference_steps
-        if ref and steps_per_epoch * epochs < ref:
-            # Paper Appendix D: smaller mixtures train proportionally longer (fractional epochs, as the planner).
-            epochs, source = ref / steps_per_epoch, "mixture.reference_steps"
-        total = math.ceil(round(epochs * steps_per_epoch, 6))
-    if cfg.train.max_steps:
-        total, source = int(cfg.train.max_steps), "train.max_steps"
-    return dict(micro=micro, accum=accum, world_size=ws, global_batch=global_batch,
-                steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=total, steps_from=source)
+    return run_schedule(n_samples, cfg.model.recipe, cfg.train, world_size=cfg.train.world_size or world_size(),
+                        planned=(mix_plan or {}).get("training"), reference_steps=cfg.mixture.reference_steps)
 
 
-def deepspeed_config(cfg: DictConfig, out: Path, plan: dict[str, Any], *, write: bool) -> dict[str, Any] | None:
-    """The DeepSpeed config generated from the recipe with this run's micro batch / accumulation (so the Trainer's
-    consistency check agrees), validated by DeepSpeed for this world size; None for zero_stage 0 (no DeepSpeed).
-    The main rank keeps the exact file in the run folder (deepspeed.json)."""
-    if not cfg.model.recipe.zero_stage:
-        return None
-    from aloevision.training import deepspeed_config as dsc
+def signal_name(signum: int) -> str:
+    import signal
 
-    config = dsc.build(cfg.model.recipe, micro_batch_size=plan["micro"], gradient_accumulation_steps=plan["accum"])
-    dsc.validate(config, plan["world_size"])
-    if write:
-        dsc.write(config, out / "deepspeed.json")
-    return config
-
-
-def _sft_config(cfg: DictConfig, out: Path, plan: dict[str, Any], use_cpu: bool, ds_config: dict[str, Any] | None):
-    from trl import SFTConfig
-
-    r = cfg.model.recipe
-    return SFTConfig(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=plan["micro"],
-        gradient_accumulation_steps=plan["accum"],
-        max_steps=plan["max_steps"],
-        learning_rate=cfg.train.learning_rate or r.learning_rate,
-        lr_scheduler_type=r.lr_scheduler_type,
-        warmup_steps=float(r.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of total steps
-        weight_decay=r.weight_decay,
-        optim=r.optimizer,
-        bf16=bool(r.bf16) and not use_cpu,
-        gradient_checkpointing=bool(r.gradient_checkpointing),
-        max_length=int(cfg.model.max_length),
-        assistant_only_loss=True,
-        logging_steps=cfg.train.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.train.save_steps,
-        save_total_limit=cfg.train.save_total_limit,
-        # Resume = same seed, same data order: the sampler is seeded by data_seed, the checkpoint holds every
-        # rank's RNG state and the Trainer skips the batches already trained (tests/test_resume.py).
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        dataloader_num_workers=cfg.train.num_workers,
-        remove_unused_columns=False,
-        report_to=[],  # our callback forwards metrics to the job's single W&B run
-        use_cpu=use_cpu,
-        deepspeed=ds_config,
-        disable_tqdm=False,
-    )
+    return signal.Signals(signum).name
 
 
 def latest_checkpoint(ckpt_dir: Path) -> str | None:
@@ -175,6 +102,9 @@ def run(ctx) -> dict[str, Any]:
 
     from aloevision.model.loading import checkpoint_path, load_model, load_processor_for
     from aloevision.mixture import load_mixture
+    from aloevision.training import arguments as targs
+    from aloevision.training import deepspeed_config as dsc
+    from aloevision.training.interrupt import CheckpointOnSignal
     from aloevision.training.collator import DummyImageCollator, build_training_collator
 
     cfg = ctx.cfg
@@ -189,10 +119,14 @@ def run(ctx) -> dict[str, Any]:
     # The processor is saved with every model we write; a foreign checkpoint without one uses the base model's.
     has_processor = Path(base, "tokenizer_config.json").is_file() or not Path(base).exists()
     processor = load_processor_for(cfg.model, base if has_processor else checkpoint_path(cfg.model, cfg.paths.cache_dir))
-    ds_config = deepspeed_config(cfg, ctx.run_dir, plan, write=dist_env.is_main)
+    # Every recipe field resolved once, for SFTConfig and DeepSpeed alike (training/arguments.py).
+    values = targs.resolve(cfg, plan, use_cpu=use_cpu)
+    ds_config = targs.deepspeed(cfg, values, world_size=plan["world_size"])
+    if ds_config is not None and dist_env.is_main:
+        dsc.write(ds_config, ctx.run_dir / "deepspeed.json")
     # TrainingArguments must exist before the model under ZeRO-3: it registers the DeepSpeed config, so
     # from_pretrained partitions the weights as it loads them (zero.Init) instead of materialising them per rank.
-    args = _sft_config(cfg, ctx.run_dir, plan, use_cpu, ds_config)
+    args = targs.sft_config(cfg, ctx.run_dir, values, use_cpu=use_cpu, ds_config=ds_config)
     if ds_config is not None and dist_env.distributed:
         import deepspeed
 
@@ -207,15 +141,39 @@ def run(ctx) -> dict[str, Any]:
     # model.language_model.*: nothing matches and the resumed run silently restarts from the base weights
     # (tests/test_resume.py caught it). from_pretrained applies the key conversion. Optimizer, scheduler, RNG and
     # data position still come from the Trainer's resume; its own weight load then finds nothing to change.
+    interval = cfg.train.save_interval_min
+    on_signal = CheckpointOnSignal(interval_s=float(interval) * 60 if interval else None,
+                                   distributed=dist_env.distributed).install()
     model = load_model(cfg.model, resume or base, for_training=True)
     log.info("training %s from %s on rank %d/%d: %s", cfg.model.name, base, dist_env.rank, dist_env.world_size, plan)
 
     partition: dict[str, Any] = {}
 
+    started: dict[str, Any] = {"t": time.monotonic(), "step": None}
+
     class ForwardToTracker(TrainerCallback):
+        """Metrics to the job's W&B run; the measured throughput to the run folder (what `plan.measured` reads)."""
+
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs:
-                tracker.log({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+            if not logs:
+                return
+            if started["step"] is None:  # the first step includes start-up (engine build, first batch): skip it
+                started.update(t=time.monotonic(), step=state.global_step)
+            steps = state.global_step - started["step"]
+            elapsed = time.monotonic() - started["t"]
+            logs = dict(logs)
+            if steps > 0 and elapsed > 0:
+                sps = steps * plan["global_batch"] / elapsed
+                logs.update(samples_per_second=sps, samples_per_gpu_second=sps / plan["world_size"])
+            tracker.log({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+            if dist_env.is_main:
+                progress = {"step": state.global_step, "max_steps": plan["max_steps"], "elapsed_s": elapsed,
+                            "world_size": plan["world_size"], "global_batch": plan["global_batch"],
+                            "model": cfg.model.name, "samples_per_gpu_second": logs.get("samples_per_gpu_second"),
+                            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+                tmp = ctx.run_dir / (PROGRESS_FILE + ".tmp")
+                tmp.write_text(json.dumps(progress))
+                tmp.replace(ctx.run_dir / PROGRESS_FILE)
 
     class PartitionReport(TrainerCallback):
         """What ZeRO did to the parameters, per rank, once the engine is built (all ranks take part in the gather)."""
@@ -233,10 +191,22 @@ def run(ctx) -> dict[str, Any]:
 
     collator = build_training_collator(processor, int(cfg.model.max_length))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
-                         data_collator=collator, callbacks=[ForwardToTracker(), PartitionReport()])
+                         data_collator=collator, callbacks=[ForwardToTracker(), PartitionReport(), on_signal])
     if resume:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if on_signal.stopped_by is None:
+            on_signal.uninstall()
+    if on_signal.stopped_by is not None:
+        # The Trainer wrote checkpoint-<step> and stopped: record it, then hand the signal on (submitit requeues).
+        saved = latest_checkpoint(ckpt_dir)
+        log.warning("stopped by %s at step %d; checkpoint %s; a re-run of this job resumes from it",
+                    signal_name(on_signal.stopped_by), trainer.state.global_step, saved)
+        tracker.stage_report("train", {**plan, "interrupted_by": signal_name(on_signal.stopped_by),
+                                       "checkpoint": saved, "global_step": trainer.state.global_step})
+        on_signal.forward()
     final = ctx.run_dir / FINAL_MODEL_DIR
     # Every rank calls save_model: under ZeRO-3 it gathers the shards (a collective); only rank 0 writes.
     trainer.save_model(str(final))
@@ -252,7 +222,8 @@ def run(ctx) -> dict[str, Any]:
     if trainer.is_deepspeed_enabled:
         ds_stage = int(trainer.accelerator.deepspeed_plugin.zero_stage)
     report = {**plan, "init_from": base, "samples": len(train_ds), **metrics,
-              "resumed_from": resume,
+              "resumed_from": resume, "interval_checkpoints": on_signal.saves_on_interval,
+              "attn_implementation": getattr(model.config, "_attn_implementation", None),
               "loss_history": [[h["step"], h["loss"]] for h in history],
               "distributed": {"world_size": dist_env.world_size, "source": dist_env.source, "zero_stage": ds_stage,
                               **partition},

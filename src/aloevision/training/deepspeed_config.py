@@ -40,37 +40,27 @@ def _get(node: Any, key: str, default: Any = None) -> Any:
 def batch_factors(recipe: Any, *, micro_batch_size: int | None = None,
                   gradient_accumulation_steps: int | None = None) -> tuple[int, int]:
     """(micro batch per device, accumulation steps): the train.* overrides when given, else the recipe's."""
-    micro = int(micro_batch_size or _get(recipe, "micro_batch_size"))
-    accum = int(gradient_accumulation_steps or _get(recipe, "gradient_accumulation_steps"))
+    from aloevision.planning import batch_factors as factors
+
+    micro, accum, _ = factors(recipe, micro_batch_size=micro_batch_size,
+                              gradient_accumulation_steps=gradient_accumulation_steps, world_size=1)
     return micro, accum
 
 
 def check_batch(recipe: Any, world_size: int, global_batch: int | None = None, *,
                 micro_batch_size: int | None = None, gradient_accumulation_steps: int | None = None) -> int:
     """Fail unless micro x accumulation x world size equals the configured global batch; return the global batch.
+    The planner's rule (`aloevision.planning.check_global_batch`), so plan, mix, train and this agree."""
+    from aloevision.planning import check_global_batch
 
-    Run at start-up (before submission and again in every rank), so a wrong factor never reaches a GPU.
-    """
-    micro, accum = batch_factors(recipe, micro_batch_size=micro_batch_size,
-                                 gradient_accumulation_steps=gradient_accumulation_steps)
-    target = int(global_batch if global_batch is not None else _get(recipe, "global_batch_size"))
-    world = int(world_size)
-    for name, value in (("micro batch", micro), ("gradient accumulation", accum), ("world size", world)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    got = micro * accum * world
-    if got != target:
-        raise ConfigError(
-            f"global batch mismatch: micro batch {micro} x gradient accumulation {accum} x world size {world} = {got}"
-            f" ≠ configured global batch {target}. Fix model.recipe (micro_batch_size, gradient_accumulation_steps,"
-            f" global_batch_size, gpus), the train.* overrides, or the cluster size (nodes x gpus_per_node)."
-        )
-    return got
+    return check_global_batch(recipe, micro_batch_size=micro_batch_size,
+                              gradient_accumulation_steps=gradient_accumulation_steps, world_size=int(world_size),
+                              global_batch=global_batch)
 
 
 def build(recipe: Any, *, micro_batch_size: int | None = None, gradient_accumulation_steps: int | None = None,
           max_grad_norm: float | None = None, offload: str | None = None, offload_nvme_path: str | None = None,
-          overlap_comm: bool = True) -> dict[str, Any] | None:
+          overlap_comm: bool = True, bf16: bool | None = None) -> dict[str, Any] | None:
     """The DeepSpeed config for `recipe` (None when recipe.zero_stage is 0: plain DDP / single process).
 
     offload: "none" (default: Table 6 trains without offload on 4 x 64 GB per node), "cpu" or "nvme" for both the
@@ -91,7 +81,7 @@ def build(recipe: Any, *, micro_batch_size: int | None = None, gradient_accumula
         raise ConfigError("zero offload='nvme' needs offload_nvme_path (a fast local disk)")
     if offload != "none" and stage != 3:
         raise ConfigError(f"zero offload={offload!r} is configured here for ZeRO-3 only (zero_stage={stage})")
-    bf16 = bool(_get(recipe, "bf16", False))
+    bf16 = bool(_get(recipe, "bf16", False) if bf16 is None else bf16)  # a CPU run passes False (as SFTConfig gets)
 
     zero: dict[str, Any] = {
         "stage": stage,
