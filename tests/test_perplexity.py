@@ -97,3 +97,16 @@ def test_no_trained_tokens_is_a_reported_failure(model_and_processor):
     rows = _rows()[2:]  # text-only: truncating through an image is a processor error, not a silent zero
     res = batch_perplexity(model, processor, rows, max_length=8)  # truncation cuts every assistant token
     assert res[0].ppl is None and res[0].failure == "no_loss_tokens" and res[0].n_tokens == 0
+
+
+def test_token_budget_chunks_give_the_same_perplexities(model_and_processor):
+    """ppl_batch_tokens bounds activation memory on the GPU: the rows are scored in length-sorted chunks, each within
+    the budget, and every row's perplexity equals the one-batch value."""
+    model, processor = model_and_processor
+    rows = _rows()
+    whole = batch_perplexity(model, processor, rows)
+    lengths = collate(processor, rows)["attention_mask"].sum(dim=1).tolist()
+    budget = int(max(lengths)) + 1  # one long row per chunk at most
+    chunked = batch_perplexity(model, processor, rows, max_batch_tokens=budget)
+    for a, b in zip(whole, chunked):
+        assert a.n_tokens == b.n_tokens and a.ppl == pytest.approx(b.ppl, rel=1e-5)

@@ -130,7 +130,6 @@ def test_pre_timeout_signal_checkpoints_and_the_requeued_job_resumes(run_launch,
     proc.send_signal(signal.SIGUSR2)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGUSR2, err[-4000:]
-    assert "caught SIGUSR2" in err
     saved = [c for c in (run_dir / "checkpoints").glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
     assert len(saved) == 1, saved
     at = int(saved[0].name.split("-")[-1])
@@ -141,8 +140,9 @@ def test_pre_timeout_signal_checkpoints_and_the_requeued_job_resumes(run_launch,
 
     again = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-6000:]
-    report = json.loads((run_dir / "run_record.json").read_text())["stages"]["train"]
-    assert report["resumed_from"].endswith(f"checkpoint-{at}") and report["global_step"] == 6
+    rec = json.loads((run_dir / "run_record.json").read_text())
+    assert rec["stages"]["train"]["resumed_from"].endswith(f"checkpoint-{at}")
+    assert rec["metrics"]["train/global_step"] == 6
     ref_losses, resumed = _losses(ref), _losses(run_dir)
     assert [s for s, _ in resumed] == [1, 2, 3, 4, 5, 6]
     for (step, a), (_, b) in zip(ref_losses, resumed):

@@ -122,6 +122,8 @@ class ClusterConfig:
     array_parallelism: int = 64
     data_shards: int = 1  # data stages split into this many shards (a job array on SLURM)
     data_shard: Optional[int] = None  # this job's shard (else SLURM_ARRAY_TASK_ID), e.g. -m cluster.data_shard=range(0,64)
+    gpu_type: Optional[str] = None  # e.g. "H100 64GB": the plan's throughput table and the scorer's GPU layout
+    gpu_memory_gb: Optional[float] = None  # memory of one GPU (GiB)
 
 
 @dataclass
@@ -139,6 +141,11 @@ class ScorerConfig:
     batch_size: int = 8
     max_new_tokens: int = 96
     trust_remote_code: bool = False
+    # vLLM (backend=vllm): None = derived by scoring.backends.gpu_layout from the model and the cluster's GPUs
+    tensor_parallel_size: Optional[int] = None
+    gpu_memory_utilization: Optional[float] = None  # vLLM's per-instance share of each GPU's memory
+    max_model_len: int = 8192  # prompt + answer tokens per request (longer samples: a counted scorer_error)
+    ppl_batch_tokens: int = 4096  # perplexity forwards are chunked to this many tokens (bounds activation memory)
 
 
 @dataclass

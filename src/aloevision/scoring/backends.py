@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from aloevision.config import ConfigError
 from aloevision.scoring.perplexity import PplResult, batch_perplexity
 
 log = logging.getLogger(__name__)
@@ -45,17 +49,135 @@ def model_identity(path_or_id: str) -> str:
     return f"{p.name}@{h.hexdigest()[:16]}"
 
 
-def _torch_dtype(dtype: str | None, device: str):
-    import torch
+# -- GPU layout of the scorers (config-level, valid by construction) -----------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the memory arithmetic needs of a model (its config.json; parameter count from the model card)."""
 
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    params: float
+    layers: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int = 128
+    hidden: int = 0
+    intermediate: int = 0
+    vocab: int = 152064
+
+    @property
+    def weights_gib(self) -> float:  # bf16
+        return self.params * 2 / 2**30
+
+    @property
+    def kv_bytes_per_token(self) -> int:  # K and V, every layer, bf16
+        return 2 * self.layers * self.kv_heads * self.head_dim * 2
+
+
+MODEL_SPECS = {
+    "Qwen/Qwen2.5-VL-72B-Instruct": ModelSpec(73.4e9, 80, 64, 8, 128, 8192, 29568),
+    "Qwen/Qwen2-VL-72B-Instruct": ModelSpec(73.4e9, 80, 64, 8, 128, 8192, 29568),
+    "Qwen/Qwen2.5-VL-32B-Instruct": ModelSpec(33.5e9, 64, 40, 8, 128, 5120, 27648),
+    "Qwen/Qwen2.5-VL-7B-Instruct": ModelSpec(8.29e9, 28, 28, 4, 128, 3584, 18944),
+    "Qwen/Qwen2-VL-7B-Instruct": ModelSpec(8.29e9, 28, 28, 4, 128, 3584, 18944),
+}
+USABLE = 0.95  # of a GPU's memory: CUDA context, allocator fragmentation
+VLLM_RESERVE_GIB = 4.0  # vLLM's activation peak while profiling + CUDA graphs + NCCL buffers (assumption)
+CUDA_CONTEXT_GIB = 1.0  # a second model's CUDA context / allocator slack on a shared GPU
+
+
+def ppl_reserve_gib(spec: ModelSpec, batch_tokens: int) -> float:
+    """Activation memory of one no-grad perplexity forward of `batch_tokens` tokens (the chunk bound of
+    `batch_perplexity`): a few hidden- and intermediate-size tensors live at a time, plus fp32 logits of at most
+    every token (logits are computed only at trained positions, so this is the worst case)."""
+    per_token = 8 * spec.hidden + 4 * spec.intermediate + 6 * spec.vocab
+    return batch_tokens * per_token / 2**30
+
+
+@dataclass
+class GpuLayout:
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    vllm_gpus: list[int]
+    ppl_gpu: int | None  # None: no perplexity model
+    shared: bool  # the perplexity model sits beside a vLLM shard on ppl_gpu
+    kv_cache_tokens: int  # vLLM's KV cache capacity over all its GPUs
+    budget: dict[str, float] = field(default_factory=dict)  # GiB per GPU: weights, reserve, kv, ppl
+    notes: list[str] = field(default_factory=list)
+
+
+def gpu_layout(tag: ModelSpec, ppl: ModelSpec | None, *, gpus: int, gpu_gib: float, max_model_len: int,
+               ppl_batch_tokens: int = 4096, tensor_parallel_size: int | None = None,
+               gpu_memory_utilization: float | None = None) -> GpuLayout:
+    """Where the vLLM tagger and the perplexity model go on a node of `gpus` x `gpu_gib`, with budgets that add up.
+
+    Tensor parallel: the smallest power of two dividing the attention heads that holds the tagger's weights, vLLM's
+    reserve and the KV cache of one `max_model_len` request (vLLM refuses to start without that). vLLM takes
+    `gpu_memory_utilization` x memory on each of its GPUs (a per-instance limit; it also refuses to start when less
+    is free). The perplexity model gets its own GPU when one is left; else it shares GPU 0 and vLLM's share is
+    capped so that the perplexity weights + a chunk's activations fit beside it. An explicit utilization that would
+    not leave that room is refused (the OOM on the first perplexity batch, at config time)."""
+    usable = gpu_gib * USABLE
+    ppl_need = 0.0 if ppl is None else ppl.weights_gib + ppl_reserve_gib(ppl, ppl_batch_tokens) + CUDA_CONTEXT_GIB
+    if ppl is not None and ppl_need > usable:
+        raise ConfigError(f"the perplexity model needs {ppl_need:.1f} GiB > one GPU's {usable:.1f} GiB; lower "
+                          "filter.scorer.ppl_batch_tokens")
+    candidates = [int(tensor_parallel_size)] if tensor_parallel_size else [t for t in (1, 2, 4, 8) if t <= gpus]
+    reasons = []
+    for tp in candidates:
+        if tp > gpus:
+            reasons.append(f"tensor_parallel_size={tp} > {gpus} GPUs per node")
+            continue
+        if tag.attention_heads % tp:
+            reasons.append(f"tensor_parallel_size={tp} does not divide {tag.attention_heads} attention heads")
+            continue
+        shared = ppl is not None and tp == gpus
+        u_max = (usable - (ppl_need if shared else 0.0)) / gpu_gib
+        if gpu_memory_utilization is not None:
+            u = float(gpu_memory_utilization)
+        else:
+            u = math.floor(min(u_max, 0.90) * 100) / 100 - (0.01 if shared else 0.0)
+        if shared and u > u_max + 1e-9:
+            raise ConfigError(
+                f"filter.scorer.gpu_memory_utilization={u} leaves {gpu_gib * (USABLE - u):.1f} GiB beside vLLM on GPU 0,"
+                f" but the perplexity model needs {ppl_need:.1f} GiB there (weights {ppl.weights_gib:.1f} + activations"
+                f" + context): use <= {u_max:.2f}, or leave it unset")
+        weights = tag.weights_gib / tp
+        kv_one = max_model_len * tag.kv_bytes_per_token / tp / 2**30
+        kv_room = u * gpu_gib - weights - VLLM_RESERVE_GIB
+        if kv_room < kv_one:
+            reasons.append(f"tensor_parallel_size={tp}: {u:.2f} x {gpu_gib:.0f} GiB holds {weights:.1f} GiB of weights"
+                           f" + {VLLM_RESERVE_GIB:.0f} GiB reserve but not the {kv_one:.2f} GiB KV cache of one "
+                           f"{max_model_len}-token request" + (" beside the perplexity model" if shared else ""))
+            continue
+        kv_tokens = int(kv_room * 2**30 * tp / tag.kv_bytes_per_token)
+        notes = []
+        if kv_tokens < 4 * max_model_len:
+            notes.append(f"KV cache holds {kv_tokens:,} tokens (< 4 requests of max_model_len={max_model_len}): "
+                         "vLLM batches fewer requests; lower max_model_len for throughput")
+        return GpuLayout(tp, u, list(range(tp)), None if ppl is None else (0 if shared else tp), shared, kv_tokens,
+                         {"tag_weights": round(weights, 2), "vllm_reserve": VLLM_RESERVE_GIB,
+                          "kv_cache": round(kv_room, 2), "ppl": round(ppl_need, 2), "gpu": gpu_gib}, notes)
+    raise ConfigError(f"no vLLM layout fits {gpus} x {gpu_gib:.0f} GiB: " + "; ".join(reasons))
+
+
+def layout_for(scorer_cfg, cluster_cfg, *, tag_model: str, ppl_model: str | None) -> GpuLayout | None:
+    """gpu_layout for the configured scorer on the configured cluster; None when a model or the GPUs are unknown."""
+    tag = MODEL_SPECS.get(tag_model)
+    gpus = int(getattr(cluster_cfg, "gpus_per_node", 0) or 0)
+    mem = getattr(cluster_cfg, "gpu_memory_gb", None)
+    if tag is None or not gpus or not mem:
+        return None
+    return gpu_layout(tag, MODEL_SPECS.get(ppl_model) if ppl_model else None, gpus=gpus, gpu_gib=float(mem),
+                      max_model_len=int(scorer_cfg.max_model_len), ppl_batch_tokens=int(scorer_cfg.ppl_batch_tokens),
+                      tensor_parallel_size=scorer_cfg.tensor_parallel_size,
+                      gpu_memory_utilization=scorer_cfg.gpu_memory_utilization)
 
 
 class TransformersBackend:
     """Both scorers with transformers. The tag and perplexity models are loaded once (shared when they are the same
-    checkpoint). `calls` counts model invocations (logged by the stage; the resume test checks them)."""
+    checkpoint), through `aloevision.model.loading` (one GPU, or the node's GPUs for a model larger than one; SDPA
+    where flash-attn is missing). `calls` counts model invocations (logged by the stage; the resume test checks
+    them); `timing` accumulates seconds, items and tokens per kind of call (`throughput()`: what a plan calibrates
+    from)."""
 
     def __init__(
         self,
@@ -70,32 +192,50 @@ class TransformersBackend:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         attn_implementation: str | None = None,
+        ppl_batch_tokens: int | None = None,
     ):
-        import torch
+        from aloevision.model.loading import Devices
 
         self.tag_model, self.ppl_model = tag_model, ppl_model
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = _torch_dtype(dtype, self.device)
+        self.devices = Devices() if device == "cpu" else Devices.detect()
+        self.device = device or ("cuda" if self.devices.count else "cpu")
+        self.dtype = dtype or ("bfloat16" if self.devices.count else "float32")
         self.trust_remote_code = trust_remote_code
         self.max_new_tokens = max_new_tokens
         self.max_length = max_length
         self.pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels}
-        self.attn_implementation = attn_implementation
+        self.attn_implementation = attn_implementation or "flash_attention_2"  # SDPA where it cannot run
+        self.ppl_batch_tokens = ppl_batch_tokens
+        self.ppl_gpu: int | None = None  # the vLLM backend puts the perplexity model on its own / a budgeted GPU
         self._loaded: dict[str, tuple[Any, Any]] = {}
         self.calls = {"generate": 0, "perplexity": 0}
+        self.timing = {"generate_s": 0.0, "generate_items": 0, "prompt_tokens": 0, "generated_tokens": 0,
+                       "perplexity_s": 0.0, "perplexity_items": 0}
+
+    def throughput(self) -> dict[str, float]:
+        t = self.timing
+        out = {}
+        if t["generate_s"]:
+            out.update(tag_samples_per_s=t["generate_items"] / t["generate_s"],
+                       tag_tokens_per_s=(t["prompt_tokens"] + t["generated_tokens"]) / t["generate_s"])
+        if t["perplexity_s"]:
+            out["ppl_samples_per_s"] = t["perplexity_items"] / t["perplexity_s"]
+        return out
 
     def _load(self, path: str):
         if path not in self._loaded:
-            from transformers import AutoModelForImageTextToText
+            from types import SimpleNamespace
 
+            from aloevision.model.loading import Devices, load_pretrained, placement, weights_gb
             from aloevision.model.processor import load_processor
 
             extra = {"trust_remote_code": True} if self.trust_remote_code else {}
             processor = load_processor(path, **self.pixels, **extra)
-            kwargs: dict[str, Any] = {"dtype": self.dtype, **extra}
-            if self.attn_implementation:
-                kwargs["attn_implementation"] = self.attn_implementation
-            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(self.device).eval()
+            spec = SimpleNamespace(name=path, dtype=self.dtype, attn_implementation=self.attn_implementation)
+            devices = self.devices if self.device != "cpu" else Devices()
+            rank = self.ppl_gpu if (path == self.ppl_model and self.ppl_gpu is not None) else 0
+            p = placement(spec, devices, size_gb=weights_gb(path) if devices.count else None, local_rank=rank)
+            model = load_pretrained(path, p, trust_remote_code=self.trust_remote_code).eval()
             self._loaded[path] = (model, processor)
         return self._loaded[path]
 
@@ -112,12 +252,13 @@ class TransformersBackend:
         if not requests:
             return []
         self.calls["generate"] += 1
+        start = time.perf_counter()
         model, processor = self._load(self.tag_model)
         texts = [processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m, _ in requests]
         images = [im for _, ims in requests for im in ims]  # Qwen2-VL's processor consumes images in text order
         inputs = processor(
             text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
-        ).to(self.device)
+        ).to(model.device)
         pad_id = processor.tokenizer.pad_token_id
         with torch.no_grad():
             out = model.generate(
@@ -125,47 +266,87 @@ class TransformersBackend:
                 temperature=None, top_p=None, top_k=None,
             )
         new = out[:, inputs["input_ids"].shape[1]:]
+        self._timed("generate", start, len(requests), int(inputs["attention_mask"].sum()),
+                    int((new != pad_id).sum()))
         return processor.batch_decode(new, skip_special_tokens=True)
+
+    def _timed(self, kind: str, start: float, items: int, prompt_tokens: int = 0, generated: int = 0) -> None:
+        self.timing[f"{kind}_s"] += time.perf_counter() - start
+        self.timing[f"{kind}_items"] += items
+        if kind == "generate":
+            self.timing["prompt_tokens"] += prompt_tokens
+            self.timing["generated_tokens"] += generated
 
     def perplexity(self, rows: list[dict[str, Any]]) -> list[PplResult]:
         if not rows:
             return []
         self.calls["perplexity"] += 1
+        start = time.perf_counter()
         model, processor = self._load(self.ppl_model)
-        return batch_perplexity(model, processor, rows, max_length=self.max_length)
+        out = batch_perplexity(model, processor, rows, max_length=self.max_length,
+                               max_batch_tokens=self.ppl_batch_tokens)
+        self._timed("perplexity", start, len(rows))
+        return out
 
 
 class VllmBackend(TransformersBackend):
-    """Tag generation with vLLM (the 72B tagger's throughput); perplexity stays on transformers + the SFT collator
-    because the trained-token mask must be the training code's, not a re-implementation. Not exercised by the test
-    suite here (vLLM is not installed on CPU machines)."""
+    """Tag generation with vLLM (the 72B tagger's throughput), tensor parallel over the node's GPUs with an explicit
+    memory share and max_model_len (`gpu_layout`); perplexity stays on transformers + the SFT collator (the
+    trained-token mask must be the training code's), on its own GPU when one is left, else beside vLLM's shard on
+    GPU 0 within the budget `gpu_layout` leaves. Never run here: vLLM is not installed on CPU machines
+    (scripts/gpu_check.sh runs it on a GPU node)."""
 
-    def __init__(self, tag_model: str, ppl_model: str, *, tensor_parallel_size: int | None = None, **kwargs):
+    def __init__(self, tag_model: str, ppl_model: str, *, tensor_parallel_size: int | None = None,
+                 gpu_memory_utilization: float | None = None, max_model_len: int = 8192, **kwargs):
         try:
             import vllm  # noqa: F401
         except ImportError as e:
             raise ImportError(
                 "filter.scorer.backend=vllm needs vLLM, which is not installed. On a GPU node: "
-                "`pip install vllm` (a build matching your CUDA/torch), or use filter.scorer.backend=transformers."
+                "`pip install -e .[vllm]` (a build matching your CUDA/torch), or use filter.scorer.backend=transformers."
             ) from e
         super().__init__(tag_model, ppl_model, **kwargs)
-        self.tensor_parallel_size = tensor_parallel_size
+        if not self.devices.count:
+            raise ConfigError("filter.scorer.backend=vllm needs CUDA GPUs; this machine has none")
+        self.max_model_len = int(max_model_len)
+        spec = MODEL_SPECS.get(tag_model)
+        if spec is not None:
+            self.layout = gpu_layout(spec, MODEL_SPECS.get(ppl_model), gpus=self.devices.count,
+                                     gpu_gib=min(self.devices.memory_gb), max_model_len=self.max_model_len,
+                                     ppl_batch_tokens=self.ppl_batch_tokens or 4096,
+                                     tensor_parallel_size=tensor_parallel_size,
+                                     gpu_memory_utilization=gpu_memory_utilization)
+        elif tensor_parallel_size and gpu_memory_utilization:
+            tp = int(tensor_parallel_size)
+            self.layout = GpuLayout(tp, float(gpu_memory_utilization), list(range(tp)),
+                                    tp if tp < self.devices.count else 0, tp >= self.devices.count, 0,
+                                    notes=["explicit settings for a model without a MODEL_SPECS entry"])
+        else:
+            raise ConfigError(f"filter.scorer.tag_model={tag_model} has no entry in scoring.backends.MODEL_SPECS: set "
+                              "filter.scorer.tensor_parallel_size and filter.scorer.gpu_memory_utilization explicitly")
+        self.ppl_gpu = self.layout.ppl_gpu
+        for note in self.layout.notes:
+            log.warning("vLLM layout: %s", note)
         self._llm = None
 
     def generate(self, requests: list[tuple[list[dict[str, Any]], list[Any]]]) -> list[str]:
         if not requests:
             return []
-        import torch
         from vllm import LLM, SamplingParams
 
         from aloevision.model.processor import load_processor
 
         self.calls["generate"] += 1
+        start = time.perf_counter()
         if self._llm is None:
-            tp = self.tensor_parallel_size or max(1, torch.cuda.device_count())
             max_images = max(1, max(len(ims) for _, ims in requests))
+            log.info("vLLM %s: tensor_parallel_size=%d gpu_memory_utilization=%.2f max_model_len=%d (%s)",
+                     self.tag_model, self.layout.tensor_parallel_size, self.layout.gpu_memory_utilization,
+                     self.max_model_len, self.layout.budget)
             self._llm = LLM(
-                model=self.tag_model, tensor_parallel_size=tp, trust_remote_code=self.trust_remote_code,
+                model=self.tag_model, tensor_parallel_size=self.layout.tensor_parallel_size,
+                gpu_memory_utilization=self.layout.gpu_memory_utilization, max_model_len=self.max_model_len,
+                trust_remote_code=self.trust_remote_code, seed=0,
                 limit_mm_per_prompt={"image": max(5, max_images)},
                 mm_processor_kwargs={k: v for k, v in self.pixels.items() if v is not None},
             )
@@ -179,6 +360,8 @@ class VllmBackend(TransformersBackend):
                 prompt["multi_modal_data"] = {"image": images}
             prompts.append(prompt)
         outs = self._llm.generate(prompts, params, use_tqdm=False)
+        self._timed("generate", start, len(requests), sum(len(o.prompt_token_ids or []) for o in outs),
+                    sum(len(o.outputs[0].token_ids) for o in outs if o.outputs))
         return [o.outputs[0].text if o.outputs else "" for o in outs]
 
 
@@ -213,11 +396,16 @@ def make_backend(
         raise ValueError(f"filter.scorer.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     tag_model = scorer_cfg.tag_model or default_model or PAPER_TAG_MODEL
     ppl_model = scorer_cfg.ppl_model or default_model or PAPER_PPL_MODEL
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         device=device, dtype=dtype, trust_remote_code=bool(scorer_cfg.trust_remote_code),
         max_new_tokens=scorer_cfg.max_new_tokens, max_length=max_length, min_pixels=min_pixels,
         max_pixels=max_pixels, attn_implementation=attn_implementation,
+        ppl_batch_tokens=getattr(scorer_cfg, "ppl_batch_tokens", None),
     )
+    if backend == "vllm":
+        kwargs.update(tensor_parallel_size=getattr(scorer_cfg, "tensor_parallel_size", None),
+                      gpu_memory_utilization=getattr(scorer_cfg, "gpu_memory_utilization", None),
+                      max_model_len=getattr(scorer_cfg, "max_model_len", None) or 8192)
     cls = {"vllm": VllmBackend, "rules": RulesBackend}.get(backend, TransformersBackend)
     return cls(tag_model, ppl_model, **kwargs)
 

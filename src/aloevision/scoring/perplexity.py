@@ -38,9 +38,30 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tenso
 
 
 @torch.no_grad()
-def batch_perplexity(model, processor, rows: list[dict[str, Any]], max_length: int | None = None) -> list[PplResult]:
-    """Perplexity of each row (`messages` + `images` as PIL images), in one forward pass."""
+def batch_perplexity(model, processor, rows: list[dict[str, Any]], max_length: int | None = None,
+                     max_batch_tokens: int | None = None) -> list[PplResult]:
+    """Perplexity of each row (`messages` + `images` as PIL images), in one forward pass, or, when the padded batch
+    exceeds `max_batch_tokens` (rows x longest row), in chunks of similar-length rows that stay within it: activation
+    memory is bounded by the config, not by the longest sample (the GPU budget of scoring.backends.gpu_layout)."""
     batch = collate(processor, rows, max_length=max_length)
+    if max_batch_tokens and len(rows) > 1 and batch["input_ids"].numel() > max_batch_tokens:
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        order = sorted(range(len(rows)), key=lambda i: lengths[i])
+        chunks: list[list[int]] = [[]]
+        for i in order:  # ascending lengths: the newest row is the chunk's longest
+            if chunks[-1] and (len(chunks[-1]) + 1) * lengths[i] > max_batch_tokens:
+                chunks.append([])
+            chunks[-1].append(i)
+        results: list[PplResult | None] = [None] * len(rows)
+        for chunk in chunks:
+            for i, r in zip(chunk, _forward(model, collate(processor, [rows[i] for i in chunk], max_length=max_length),
+                                            len(chunk))):
+                results[i] = r
+        return results  # type: ignore[return-value]
+    return _forward(model, batch, len(rows))
+
+
+def _forward(model, batch: dict[str, Any], n_rows: int) -> list[PplResult]:
     labels = batch.pop("labels")
     # Position t's logits predict token t+1: keep the positions whose NEXT label is trained. Asking the model for
     # only those logits avoids a B x T x vocab tensor (152K vocab on the real models).
@@ -52,8 +73,8 @@ def batch_perplexity(model, processor, rows: list[dict[str, Any]], max_length: i
         out = model(**inputs, logits_to_keep=keep.to(device), use_cache=False)
         sums, counts = per_sample_nll(out.logits, labels.to(device), keep.to(device))
     else:
-        sums = torch.zeros(len(rows), dtype=torch.float64)
-        counts = torch.zeros(len(rows), dtype=torch.long)
+        sums = torch.zeros(n_rows, dtype=torch.float64)
+        counts = torch.zeros(n_rows, dtype=torch.long)
     results = []
     for s, c in zip(sums.tolist(), counts.tolist()):
         if c == 0:
