@@ -175,3 +175,27 @@ def test_stage_plan_from_config(tmp_path, name, steps, medtext):
         assert round(100 * cats["medical_text"]["share"], 1) == medtext
     assert {"samples", "loss_tokens", "share", "requested_share"} <= set(cats["medical_multimodal"])
     assert plan.mixture == name and data["stats"]["path"] == str(PAPER_TABLE1)
+
+
+@pytest.mark.parametrize("model,gpus,per_node", [("qwen2vl_7b", 32, 4), ("qwen2vl_72b", 100, 4)])
+def test_zero3_model_states_match_deepspeeds_estimator(model, gpus, per_node):
+    """Parameters + gradients + Adam states per GPU under ZeRO-3 = DeepSpeed's own estimator (it runs on CPU)."""
+    import os
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    from aloevision.planning import MODEL_SPECS, training_memory, zero3_model_states_bytes
+
+    spec = MODEL_SPECS[model]
+    _, ds_gpu, ds_largest = estimate_zero3_model_states_mem_needs(
+        int(spec.params), spec.largest_layer_params, num_gpus_per_node=per_node, num_nodes=gpus // per_node,
+        cpu_offload=False, cpu_offload_params=False, zero_init=True)
+    ours = zero3_model_states_bytes(spec.params, spec.largest_layer_params, gpus, "adamw_torch")
+    assert ours == pytest.approx(ds_gpu, abs=2)
+    m = training_memory(spec, gpus=gpus, micro_batch=1, seq_len=1, optimizer="adamw_torch", gpu_gib=64)
+    states = m.parameters_gib + m.gradients_gib + m.optimizer_gib + m.largest_layer_gib
+    assert states * 2**30 == pytest.approx(ds_gpu, rel=1e-9) and m.largest_layer_gib * 2**30 == ds_largest
+    # 8-bit Adam (the 72B recipe's adamw_bnb_8bit) keeps momentum and variance in one byte each: 6 bytes less.
+    eight = zero3_model_states_bytes(spec.params, spec.largest_layer_params, gpus, "adamw_bnb_8bit")
+    assert ds_gpu - eight == pytest.approx(6 * spec.params / gpus, rel=1e-6)

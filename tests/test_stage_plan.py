@@ -100,3 +100,45 @@ def test_reference_mixture_steps(tmp_path, model, steps):
     cfg.mixture.reference_steps = None
     plan = run_plan(cfg, tmp_path)
     assert plan.training.reference_steps == steps and plan.training.total_steps == steps
+
+
+@pytest.mark.parametrize("model,cluster", [("qwen2vl_7b", "marenostrum5"), ("qwen2vl_72b", "leonardo")])
+def test_plan_prices_every_gpu_stage_and_the_memory_per_gpu(run_launch, tmp_path, model, cluster):
+    proc = run_launch("stage=plan", "mixture=final", f"model={model}", f"cluster={cluster}", "filter=paper",
+                      "eval=paper", f"plan.stats={TABLE1}", "wandb.mode=disabled", "hydra.run.dir=outputs/runs/p",
+                      cache=False)
+    plan = json.loads((tmp_path / "outputs/runs/p/plan.json").read_text())
+    costs = {c["stage"]: c for c in plan["costs"]}
+    assert {"score/tag", "score/perplexity", "train", "eval", "judge:Qwen2.5-VL-72B-Instruct",
+            "judge:Llama-3.3-70B-Instruct", "judge:Olmo-3-32B-Instruct"} <= set(costs)
+    for c in costs.values():
+        assert c["gpu_hours"] > 0 and c["wall_hours"] > 0 and c["samples_per_gpu_second"] > 0, c
+        assert c["throughput_source"], c  # every number says where it comes from
+    assert costs["score/tag"]["items"] == pytest.approx(3_571_622)
+    assert costs["score/tag"]["throughput_source"].startswith("arithmetic") and "tp=4" in costs["score/tag"][
+        "throughput_source"]
+    assert costs["train"]["gpu_hours"] == pytest.approx(plan["training"]["gpu_hours"])
+    assert "GPU stages" in proc.stdout and "memory per GPU" in proc.stdout
+    worst, typical = plan["memory"]
+    assert worst["seq_len"] == 4096 and typical["seq_len"] == 1000 and worst["gpu_gib"] == 64
+    if model == "qwen2vl_7b":  # micro batch 16 x 4096 tokens: the logits alone exceed a 64 GB GPU
+        assert not worst["fits"] and worst["logits_gib"] > 64 and typical["fits"]
+        assert "train.micro_batch_size=4 train.gradient_accumulation_steps=8" in worst["advice"]
+        assert "EXCEEDS the 64 GiB GPU" in proc.stdout
+    else:  # micro batch 4: fits with little headroom, as the paper ran it
+        assert worst["fits"] and worst["total_gib"] > 55
+
+
+def test_a_measured_throughput_overrides_the_default(run_launch, tmp_path):
+    measured = tmp_path / "run_before"
+    measured.mkdir()
+    (measured / "train_progress.json").write_text(json.dumps({"step": 50, "samples_per_gpu_second": 4.0,
+                                                              "device": "NVIDIA H100"}))
+    run_launch("stage=plan", "mixture=final", "model=qwen2vl_7b", "cluster=marenostrum5", f"plan.stats={TABLE1}",
+               f"plan.measured=[{measured}]", "+plan.throughput.tag=1.5", "wandb.mode=disabled",
+               "hydra.run.dir=outputs/runs/q", cache=False)
+    costs = {c["stage"]: c for c in json.loads((tmp_path / "outputs/runs/q/plan.json").read_text())["costs"]}
+    assert costs["train"]["samples_per_gpu_second"] == 4.0 and str(measured) in costs["train"]["throughput_source"]
+    assert costs["train"]["gpu_hours"] == pytest.approx(3487 * 1024 / 4.0 / 3600)
+    assert costs["score/tag"]["samples_per_gpu_second"] == 1.5
+    assert costs["score/tag"]["throughput_source"] == "plan.throughput.tag"

@@ -291,6 +291,10 @@ class MixConfig:
 @dataclass
 class PlanConfig:
     stats: Optional[str] = None  # CSV/JSON of per-source token statistics; None: measured by this run's data
+    # Throughput overrides, samples/s per GPU by stage (tag, perplexity, train, eval, judges): e.g. a measured rate
+    throughput: Dict[str, float] = field(default_factory=dict)
+    measured: List[str] = field(default_factory=list)  # run folders / files with measured throughput (train_progress.json, score_throughput.json)
+    tokens_per_sample: Optional[float] = None  # prompt tokens per sample for the scorers when the stats lack total_tokens
 
 
 @dataclass

@@ -217,6 +217,8 @@ class Plan:
     training: TrainingPlan | None
     stats: dict[str, Any] = field(default_factory=dict)
     version: str = PLAN_VERSION
+    costs: list[StageCost] = field(default_factory=list)  # every GPU stage: GPU-hours, wall time, throughput source
+    memory: list[MemoryEstimate] = field(default_factory=list)  # per-GPU memory of the training recipe
 
     def fractions(self) -> dict[str, float]:
         return {s.name: s.fraction for s in self.sources}
@@ -641,9 +643,315 @@ def run_plan(cfg, out_dir: str | Path, stats_path: str | Path | None = None, con
         train=_get(cfg, "train"), total_loss_tokens=_get(cfg.mixture, "total_loss_tokens"), stats_meta=meta,
         reference_steps=reference_steps_from(cfg, stats) if _get(model, "recipe") is not None else None,
     )
+    names = set(_mixture_sources(cfg.mixture if mixture is None else mixture))
+    plan.costs = price_stages(cfg, plan, stats)
+    plan.memory = recipe_memory(cfg, [s for s in stats if s.name in names] or stats)
     plan.write(Path(out_dir) / "plan.json")
     print_plan(plan, console=console, model=_get(model, "name"), cluster=_get(_get(cfg, "cluster"), "name"))
     return plan
+
+
+# -- what every GPU stage costs, and whether the training recipe fits a GPU --------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the cost and memory arithmetic needs of a model: its config.json, parameters from its model card."""
+
+    params: float
+    layers: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int = 128
+    hidden: int = 0
+    intermediate: int = 0
+    vocab: int = 152064
+
+    @property
+    def weights_gib(self) -> float:  # bf16
+        return self.params * 2 / 2**30
+
+    @property
+    def kv_bytes_per_token(self) -> int:  # K and V of every layer, bf16
+        return 2 * self.layers * self.kv_heads * self.head_dim * 2
+
+    @property
+    def largest_layer_params(self) -> int:  # the (untied) embedding / LM head
+        return self.vocab * self.hidden
+
+
+_Q72 = ModelSpec(73.4e9, 80, 64, 8, 128, 8192, 29568)
+_Q7 = ModelSpec(8.29e9, 28, 28, 4, 128, 3584, 18944)
+MODEL_SPECS = {
+    "Qwen/Qwen2.5-VL-72B-Instruct": _Q72, "Qwen/Qwen2-VL-72B-Instruct": _Q72, "qwen2vl_72b": _Q72,
+    "Qwen/Qwen2.5-VL-32B-Instruct": ModelSpec(33.5e9, 64, 40, 8, 128, 5120, 27648),
+    "Qwen/Qwen2.5-VL-7B-Instruct": _Q7, "Qwen/Qwen2-VL-7B-Instruct": _Q7, "qwen2vl_7b": _Q7,
+    "meta-llama/Llama-3.3-70B-Instruct": ModelSpec(70.6e9, 80, 64, 8, 128, 8192, 28672, 128256),
+    "allenai/Olmo-3-32B-Instruct": ModelSpec(32.2e9, 64, 40, 8, 128, 5120, 27648, 100278),
+}
+
+# Nominal figures (datasheets), NOT measurements: replaced by measured throughput (plan.measured / plan.throughput).
+GPU_SPECS = {
+    "H100 64GB": {"bf16_tflops": 989.0, "hbm_tb_s": 1.6, "source": "NVIDIA H100 SXM dense bf16; 64 GB HBM2 variant"},
+    "A100 64GB": {"bf16_tflops": 312.0, "hbm_tb_s": 1.6, "source": "NVIDIA A100 SXM dense bf16; 64 GB HBM2e variant"},
+}
+PREFILL_MFU = 0.35  # vLLM prefill, share of peak bf16 (assumption)
+FORWARD_MFU = 0.25  # transformers no-grad forward (perplexity), share of peak (assumption)
+HBM_EFFICIENCY = 0.6  # decode steps read the weights once per step at this share of the bandwidth (assumption)
+TAG_PROMPT_TOKENS = 700  # the Appendix A.1 taxonomy prompt around a sample (approximate)
+TAG_ANSWER_TOKENS = 40  # the tag line (conf/filter/paper.yaml: "~40 tokens")
+DEFAULT_TOKENS_PER_SAMPLE = 1000.0  # text + image tokens of a sample when the stats do not say (assumption)
+MAX_CONCURRENT = 256  # vLLM's default max_num_seqs
+EVAL_PROMPT_TOKENS = 1000.0
+# Item counts of the paper's benchmarks where datasets.md verifies them (others: eval.benchmarks.<k>.max_samples).
+KNOWN_EVAL_ITEMS = {"probmed": 57132, "careqa_vision_mcq": 165, "careqa_vision_open": 136}
+
+
+@dataclass
+class StageCost:
+    stage: str
+    items: float
+    model: str
+    gpus_per_job: int
+    samples_per_gpu_second: float | None
+    throughput_source: str
+    gpu_hours: float | None
+    wall_hours: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _gpu(cluster: Any) -> tuple[str | None, dict[str, Any] | None]:
+    kind = _get(cluster, "gpu_type")
+    return kind, GPU_SPECS.get(str(kind)) if kind else None
+
+
+def _measured(paths: Iterable[str]) -> dict[str, tuple[float, str]]:
+    """stage -> (samples/s per GPU, where it was measured) from run folders / files a previous run wrote."""
+    out: dict[str, tuple[float, str]] = {}
+    for raw in paths or []:
+        p = Path(str(raw))
+        files = [p] if p.is_file() else [p / "train_progress.json", p / "score_throughput.json"]
+        for f in files:
+            if not f.is_file():
+                continue
+            data = json.loads(f.read_text())
+            if f.name.startswith("train") and data.get("samples_per_gpu_second"):
+                out["train"] = (float(data["samples_per_gpu_second"]), f"measured: {f} ({data.get('device')})")
+            for stage in ("tag", "perplexity"):
+                if data.get(f"{stage}_samples_per_gpu_second"):
+                    out[stage] = (float(data[f"{stage}_samples_per_gpu_second"]), f"measured: {f}")
+    return out
+
+
+def _rate(stage: str, derived: float | None, derivation: str, plan_cfg: Any, measured: dict) -> tuple[float | None, str]:
+    over = (_get(plan_cfg, "throughput") or {}).get(stage)
+    if over:
+        return float(over), f"plan.throughput.{stage}"
+    if stage in measured:
+        return measured[stage]
+    return derived, derivation
+
+
+def _cost(stage, items, model, gpus, rate, source, parallel_jobs, notes=None) -> StageCost:
+    gpu_h = items / rate / 3600 if rate else None
+    wall = gpu_h / gpus / max(1, parallel_jobs) if gpu_h is not None else None
+    return StageCost(stage, items, model, gpus, rate, source, gpu_h, wall, list(notes or []))
+
+
+def price_stages(cfg: Any, plan: "Plan", stats: list[SourceStats]) -> list[StageCost]:
+    """Per GPU stage: items, model, GPUs, GPU-hours and wall time on the cluster, with the throughput assumption
+    used and its source (an explicit plan.throughput or a measured rate wins over the arithmetic defaults)."""
+    cluster, plan_cfg = _get(cfg, "cluster"), _get(cfg, "plan")
+    kind, gpu = _gpu(cluster)
+    gpn = int(_get(cluster, "gpus_per_node", 0) or 0)
+    parallel = min(int(_get(cluster, "data_shards", 1) or 1), int(_get(cluster, "array_parallelism", 1) or 1))
+    measured = _measured(_get(plan_cfg, "measured") or [])
+    out: list[StageCost] = []
+    node = max(1, gpn)
+    names = set(_mixture_sources(cfg.mixture)) if _get(cfg, "mixture") is not None else set()
+    pool = [s for s in stats if not names or s.name in names]
+    scored = sum(s.samples for s in pool)
+    with_totals = [s for s in pool if s.total_tokens]
+    if with_totals and len(with_totals) == len(pool):
+        tokens, tok_src = sum(s.total_tokens for s in pool) / max(1.0, scored), "the stats' total_tokens"
+    else:
+        tokens = float(_get(plan_cfg, "tokens_per_sample") or DEFAULT_TOKENS_PER_SAMPLE)
+        tok_src = "plan.tokens_per_sample" if _get(plan_cfg, "tokens_per_sample") else "assumed (stats lack total_tokens)"
+    where = f"{kind}: {gpu['bf16_tflops']:.0f} TFLOPs bf16, {gpu['hbm_tb_s']} TB/s (nominal)" if gpu else None
+
+    f = _get(cfg, "filter")
+    sc = _get(f, "scorer")
+    if f is not None and _get(f, "enabled") and sc is not None:
+        tag_id = _get(sc, "tag_model") or "Qwen/Qwen2.5-VL-72B-Instruct"
+        ppl_id = _get(sc, "ppl_model") or "Qwen/Qwen2-VL-7B-Instruct"
+        tag, ppl = MODEL_SPECS.get(tag_id), MODEL_SPECS.get(ppl_id)
+        notes = [f"{scored:,.0f} samples of the stats (scoring runs before filtering: the real pool is larger), "
+                 f"{tokens:,.0f} tokens/sample ({tok_src})", "tag and perplexity run in the same job (one node): "
+                 "the node is held for both"]
+        rate_tag = rate_ppl = None
+        src_tag = src_ppl = "n/a (no GPU type or unknown model)"
+        if gpu and tag is not None and _get(sc, "backend") != "rules":
+            tp, kv_tokens = node, None
+            try:
+                from aloevision.scoring.backends import layout_for
+
+                lay = layout_for(sc, cluster, tag_model=tag_id, ppl_model=ppl_id)
+                if lay is not None:
+                    tp, kv_tokens = lay.tensor_parallel_size, lay.kv_cache_tokens
+            except ConfigError as e:
+                notes.append(f"no valid vLLM layout: {e}")
+            t_in, t_out = tokens + TAG_PROMPT_TOKENS, TAG_ANSWER_TOKENS
+            prefill = 2 * tag.params * t_in / (tp * gpu["bf16_tflops"] * 1e12 * PREFILL_MFU)
+            step = tag.params * 2 / tp / (gpu["hbm_tb_s"] * 1e12 * HBM_EFFICIENCY)
+            conc = max(1.0, min(MAX_CONCURRENT, (kv_tokens or MAX_CONCURRENT * (t_in + t_out)) / (t_in + t_out)))
+            per_sample = prefill + t_out * step / conc
+            rate_tag = 1 / per_sample / node  # per GPU of the held node
+            src_tag = (f"arithmetic: prefill 2·{tag.params / 1e9:.1f}B·{t_in:,.0f} tokens at {PREFILL_MFU:.0%} of peak on "
+                       f"tp={tp}, + {t_out} decode steps ({step * 1e3:.0f} ms, {conc:.0f} concurrent); {where}")
+        if gpu and ppl is not None:
+            per_sample = 2 * ppl.params * tokens / (gpu["bf16_tflops"] * 1e12 * FORWARD_MFU)
+            rate_ppl = 1 / per_sample / node
+            src_ppl = (f"arithmetic: forward 2·{ppl.params / 1e9:.1f}B·{tokens:,.0f} tokens at {FORWARD_MFU:.0%} of peak "
+                       f"on one GPU; {where}")
+        rate_tag, src_tag = _rate("tag", rate_tag, src_tag, plan_cfg, measured)
+        rate_ppl, src_ppl = _rate("perplexity", rate_ppl, src_ppl, plan_cfg, measured)
+        out.append(_cost("score/tag", scored, tag_id, node, rate_tag, src_tag, parallel, notes))
+        out.append(_cost("score/perplexity", scored, ppl_id, node, rate_ppl, src_ppl, parallel))
+
+    tr = plan.training
+    model = _get(cfg, "model")
+    if tr is not None:
+        rate, src = _rate("train", tr.samples_per_gpu_second,
+                          "model.recipe.samples_per_gpu_second (≈ the paper's GPU-hours / 3.57M samples)", plan_cfg,
+                          measured)
+        out.append(_cost("train", tr.samples_seen, str(_get(model, "name")), tr.gpus, rate, src, 1,
+                         [f"{tr.total_steps:,} steps x global batch {tr.global_batch_size}"]))
+
+    ev = _get(cfg, "eval")
+    spec = MODEL_SPECS.get(str(_get(model, "name"))) or MODEL_SPECS.get(str(_get(model, "checkpoint")))
+    if ev is not None and gpu and spec is not None:
+        items, unknown = 0, []
+        for key, b in (_get(ev, "benchmarks") or {}).items():
+            n = _get(b, "max_samples") or KNOWN_EVAL_ITEMS.get(str(key))
+            if n:
+                items += int(n)
+            else:
+                unknown.append(str(key))
+        gpus = 1 if spec.weights_gib * 1.25 <= float(_get(cluster, "gpu_memory_gb", 64) or 64) else node
+        batch = int(_get(ev, "batch_size", 8) or 8)
+        prefill = 2 * spec.params * EVAL_PROMPT_TOKENS / (gpus * gpu["bf16_tflops"] * 1e12 * FORWARD_MFU)
+        # device_map="auto" runs the layers GPU after GPU: one decode step reads all weights at one GPU's bandwidth.
+        step = spec.params * 2 / (gpu["hbm_tb_s"] * 1e12 * HBM_EFFICIENCY)
+        per_item = prefill + int(_get(ev, "max_new_tokens", 32)) * step / batch
+        rate, src = _rate("eval", 1 / per_item / gpus,
+                          f"arithmetic: transformers generate, batch {batch}, {_get(ev, 'max_new_tokens', 32)} new tokens, "
+                          f"{EVAL_PROMPT_TOKENS:.0f}-token prompts; {where}", plan_cfg, measured)
+        notes = [f"items of benchmarks without a known size are not counted: {', '.join(unknown)} "
+                 "(set eval.benchmarks.<k>.max_samples)"] if unknown else []
+        out.append(_cost("eval", items, str(_get(model, "name")), gpus, rate, src, 1, notes))
+        judges = [j for j in (_get(ev, "judges") or []) if j != "self"]
+        open_items = sum(int(_get(b, "max_samples") or KNOWN_EVAL_ITEMS.get(str(k), 0))
+                         for k, b in (_get(ev, "benchmarks") or {}).items() if _get(b, "kind") == "open")
+        for j in judges:
+            js = MODEL_SPECS.get(str(j))
+            if js is None:
+                out.append(StageCost(f"judge:{str(j).split('/')[-1]}", open_items, str(j), node, None, "n/a (unknown model)", None, None))
+                continue
+            jg = 1 if js.weights_gib * 1.25 <= float(_get(cluster, "gpu_memory_gb", 64) or 64) else node
+            per = (2 * js.params * 400 / (jg * gpu["bf16_tflops"] * 1e12 * FORWARD_MFU)
+                   + 10 * js.params * 2 / (gpu["hbm_tb_s"] * 1e12 * HBM_EFFICIENCY) / batch)
+            rate, src = _rate("judges", 1 / per / jg, f"arithmetic: 400-token judge prompt, 10-token verdict; {where}",
+                              plan_cfg, measured)
+            out.append(_cost(f"judge:{str(j).split('/')[-1]}", open_items, str(j), jg, rate, src, 1))
+    return out
+
+
+# -- per-GPU memory of the training recipe under ZeRO-3 --------------------------------------------------------------
+@dataclass
+class MemoryEstimate:
+    model: str
+    gpus: int
+    micro_batch: int
+    seq_len: int
+    parameters_gib: float
+    gradients_gib: float
+    optimizer_gib: float
+    largest_layer_gib: float
+    activations_gib: float
+    logits_gib: float
+    total_gib: float
+    gpu_gib: float | None
+    fits: bool | None
+    basis: str
+    advice: str | None = None
+
+
+def zero3_model_states_bytes(total_params: float, largest_layer_params: float, total_gpus: int,
+                             optimizer: str = "adamw_torch") -> float:
+    """Per-GPU bytes of parameters + gradients + optimizer states under ZeRO-3 without offload: DeepSpeed's own
+    rule (`estimate_zero3_model_states_mem_needs`: 4 x largest layer + 18 bytes x params / GPUs for Adam: bf16
+    parameters and gradients, fp32 master weights, momentum and variance, fp32 gradient partition). An 8-bit
+    optimizer (bitsandbytes) keeps momentum and variance in 1 byte each: 12 bytes instead of 18."""
+    per_param = 12 if "8bit" in str(optimizer) else 18
+    return 4 * largest_layer_params + per_param * total_params / total_gpus
+
+
+def training_memory(spec: ModelSpec, *, gpus: int, micro_batch: int, seq_len: int, optimizer: str,
+                    gradient_checkpointing: bool = True, gpu_gib: float | None = None, name: str = "",
+                    basis: str = "") -> MemoryEstimate:
+    """Per-GPU memory of one training step. Activations with checkpointing: each layer's input (b·s·h bf16) kept,
+    plus one layer recomputed in backward (b·s·(34·h + 4·i) bytes: the Korthikanti et al. count with flash
+    attention, SwiGLU's intermediate added); without checkpointing every layer's. Logits: bf16 logits, their fp32
+    copy for the loss and its gradient (10 bytes per vocabulary entry per token) — the largest term at long
+    sequences."""
+    per_param = 12 if "8bit" in str(optimizer) else 18
+    states = zero3_model_states_bytes(spec.params, spec.largest_layer_params, gpus, optimizer)
+    largest = 4 * spec.largest_layer_params
+    p = 2 * spec.params / gpus
+    g = 2 * spec.params / gpus
+    o = states - largest - p - g
+    tokens = micro_batch * seq_len
+    layer = tokens * (34 * spec.hidden + 4 * spec.intermediate)
+    acts = (tokens * spec.hidden * 2 * spec.layers + layer) if gradient_checkpointing else layer * spec.layers
+    logits = tokens * spec.vocab * 10
+    gib = 2**30
+    total = (states + acts + logits) / gib
+    del per_param
+    return MemoryEstimate(name, gpus, micro_batch, seq_len, p / gib, g / gib, o / gib, largest / gib, acts / gib,
+                          logits / gib, total, gpu_gib, None if gpu_gib is None else total <= gpu_gib, basis)
+
+
+def recipe_memory(cfg: Any, stats: list[SourceStats] | None = None) -> list[MemoryEstimate]:
+    """The training recipe's per-GPU memory at the recipe's micro batch, at model.max_length (worst case) and at the
+    mean sample length when the stats give total tokens (typical)."""
+    model = _get(cfg, "model")
+    spec = MODEL_SPECS.get(str(_get(model, "name"))) or MODEL_SPECS.get(str(_get(model, "checkpoint")))
+    r = _get(model, "recipe")
+    if spec is None or r is None:
+        return []
+    micro, _, gpus = batch_factors(r, micro_batch_size=_get(_get(cfg, "train"), "micro_batch_size"),
+                                   world_size=_get(_get(cfg, "train"), "world_size"))
+    mem = _get(_get(cfg, "cluster"), "gpu_memory_gb")
+    kw = dict(gpus=gpus, micro_batch=micro, optimizer=str(_get(r, "optimizer")),
+              gradient_checkpointing=bool(_get(r, "gradient_checkpointing")), gpu_gib=float(mem) if mem else None,
+              name=str(_get(model, "name")))
+    out = [training_memory(spec, seq_len=int(_get(model, "max_length")), basis="worst case: every row at "
+                           "model.max_length", **kw)]
+    worst = out[0]
+    if worst.fits is False:  # the largest micro batch that fits, keeping the global batch (more accumulation)
+        gb = int(_get(r, "global_batch_size"))
+        for m in range(micro - 1, 0, -1):
+            if gb % (m * gpus) == 0 and training_memory(spec, seq_len=worst.seq_len, **{**kw, "micro_batch": m}).fits:
+                worst.advice = (f"micro batch {m} fits the worst case: train.micro_batch_size={m} "
+                                f"train.gradient_accumulation_steps={gb // (m * gpus)} (same global batch {gb})")
+                break
+    if stats and all(s.total_tokens for s in stats):
+        mean, src = sum(s.total_tokens for s in stats) / max(1.0, sum(s.samples for s in stats)), "the stats' mean"
+    else:
+        given = _get(_get(cfg, "plan"), "tokens_per_sample")
+        mean = float(given or DEFAULT_TOKENS_PER_SAMPLE)
+        src = "plan.tokens_per_sample" if given else "an assumed mean (the stats lack total_tokens)"
+    out.append(training_memory(spec, seq_len=int(math.ceil(mean)), basis=f"typical: rows at {src} length (padding "
+                               "to the longest row of a batch adds to this)", **kw))
+    return out
 
 
 # -- display -------------------------------------------------------------------------------------------------------
@@ -690,6 +998,31 @@ def print_plan(plan: Plan, console=None, model: str | None = None, cluster: str 
         console.print(u)
         for note in tr.notes:
             console.print(f"[yellow]note:[/yellow] {note}")
+    if plan.costs:
+        c = Table(title="GPU stages (throughput in samples/s per GPU; its source below)")
+        for col in ("stage", "items", "model", "GPUs/job", "samples/s/GPU", "GPU-hours", "wall h"):
+            c.add_column(col, justify="left" if col in ("stage", "model") else "right")
+        for i, k in enumerate(plan.costs, 1):
+            c.add_row(f"{k.stage} [{i}]", _m(k.items), k.model, str(k.gpus_per_job),
+                      f"{k.samples_per_gpu_second:.3g}" if k.samples_per_gpu_second else "n/a",
+                      f"{k.gpu_hours:,.1f}" if k.gpu_hours is not None else "n/a",
+                      f"{k.wall_hours:,.1f}" if k.wall_hours is not None else "n/a")
+        total = sum(k.gpu_hours for k in plan.costs if k.gpu_hours is not None)
+        c.add_row("[b]total[/b]", "", "", "", "", f"[b]{total:,.0f}[/b]", "")
+        console.print(c)
+        for i, k in enumerate(plan.costs, 1):
+            console.print(f"[{i}] {k.stage}: {k.throughput_source}", soft_wrap=True)
+            for note in k.notes:
+                console.print(f"    {note}", soft_wrap=True)
+    for m in plan.memory:
+        verdict = ("" if m.fits is None else " [green]fits[/green]" if m.fits
+                   else f" [red]EXCEEDS the {m.gpu_gib:.0f} GiB GPU[/red]")
+        console.print(f"memory per GPU ({m.model}, ZeRO-3 over {m.gpus}, micro {m.micro_batch} x {m.seq_len} tokens; "
+                      f"{m.basis}): params {m.parameters_gib:.1f} + grads {m.gradients_gib:.1f} + optimizer "
+                      f"{m.optimizer_gib:.1f} + gathered layer {m.largest_layer_gib:.1f} + activations "
+                      f"{m.activations_gib:.1f} + logits {m.logits_gib:.1f} = {m.total_gib:.1f} GiB{verdict}")
+        if m.advice:
+            console.print(f"    {m.advice}")
 
 
 # -- streaming selection -------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aloevision.config import ConfigError
+from aloevision.planning import MODEL_SPECS, ModelSpec  # noqa: F401  (one table of model shapes)
 from aloevision.scoring.perplexity import PplResult, batch_perplexity
 
 log = logging.getLogger(__name__)
@@ -50,35 +51,6 @@ def model_identity(path_or_id: str) -> str:
 
 
 # -- GPU layout of the scorers (config-level, valid by construction) -----------------------------------------------
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the memory arithmetic needs of a model (its config.json; parameter count from the model card)."""
-
-    params: float
-    layers: int
-    attention_heads: int
-    kv_heads: int
-    head_dim: int = 128
-    hidden: int = 0
-    intermediate: int = 0
-    vocab: int = 152064
-
-    @property
-    def weights_gib(self) -> float:  # bf16
-        return self.params * 2 / 2**30
-
-    @property
-    def kv_bytes_per_token(self) -> int:  # K and V, every layer, bf16
-        return 2 * self.layers * self.kv_heads * self.head_dim * 2
-
-
-MODEL_SPECS = {
-    "Qwen/Qwen2.5-VL-72B-Instruct": ModelSpec(73.4e9, 80, 64, 8, 128, 8192, 29568),
-    "Qwen/Qwen2-VL-72B-Instruct": ModelSpec(73.4e9, 80, 64, 8, 128, 8192, 29568),
-    "Qwen/Qwen2.5-VL-32B-Instruct": ModelSpec(33.5e9, 64, 40, 8, 128, 5120, 27648),
-    "Qwen/Qwen2.5-VL-7B-Instruct": ModelSpec(8.29e9, 28, 28, 4, 128, 3584, 18944),
-    "Qwen/Qwen2-VL-7B-Instruct": ModelSpec(8.29e9, 28, 28, 4, 128, 3584, 18944),
-}
 USABLE = 0.95  # of a GPU's memory: CUDA context, allocator fragmentation
 VLLM_RESERVE_GIB = 4.0  # vLLM's activation peak while profiling + CUDA graphs + NCCL buffers (assumption)
 CUDA_CONTEXT_GIB = 1.0  # a second model's CUDA context / allocator slack on a shared GPU

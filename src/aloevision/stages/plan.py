@@ -43,7 +43,12 @@ def run(ctx) -> dict[str, Any]:
     ctx.tracker.summary({f"plan/{k}": tr[k] for k in ("total_steps", "epochs", "steps_per_epoch", "gpus", "nodes",
                                                       "gpu_hours") if tr.get(k) is not None}
                         | {"plan/samples": d["samples"], "plan/loss_tokens": d["loss_tokens"]})
+    # What every GPU stage costs (GPU-hours, wall time, the throughput assumed and its source) and whether the
+    # training recipe fits a GPU (planning.price_stages / recipe_memory).
+    ctx.tracker.summary({f"plan/gpu_hours/{c['stage']}": c["gpu_hours"] for c in d.get("costs", [])
+                         if c.get("gpu_hours") is not None}
+                        | {f"plan/memory_gib/{m['basis'].split(':')[0]}": m["total_gib"] for m in d.get("memory", [])})
     ctx.tracker.stage_report("plan", {"plan": str(ctx.run_dir / "plan.json"), "stats": d["stats"].get("path"),
-                                      "training": tr})
+                                      "training": tr, "costs": d.get("costs", []), "memory": d.get("memory", [])})
     ctx.tracker.add_paths(plan=ctx.run_dir / "plan.json")
     return d
