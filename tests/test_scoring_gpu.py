@@ -67,3 +67,22 @@ def test_config_without_gpus_has_no_layout(tmp_path):
     cfg = compose(["filter=paper"], root=tmp_path)  # cluster=local: no GPUs declared
     sc = cfg.filter.scorer
     assert layout_for(sc, cfg.cluster, tag_model=sc.tag_model, ppl_model=sc.ppl_model) is None
+
+
+def test_measured_scoring_rates_reach_the_plan(tmp_path, tiny_path):
+    """A real (tiny, CPU) scoring pass times itself; the file it writes is what plan.measured reads."""
+    from PIL import Image
+
+    from aloevision.planning import _measured
+    from aloevision.schema import image_part, text_part, turn
+    from aloevision.scoring.backends import TransformersBackend, write_throughput
+
+    backend = TransformersBackend(tiny_path, tiny_path, device="cpu", max_new_tokens=4)
+    row = {"messages": [turn("user", image_part(), text_part("What is it?")), turn("assistant", text_part("A cyst."))],
+           "images": [Image.new("RGB", (56, 56))]}
+    backend.generate([(row["messages"][:1], row["images"])] * 2)
+    backend.perplexity([row, row])
+    path = write_throughput(backend, tmp_path, gpus=4)
+    rates = _measured([str(tmp_path)])
+    assert rates["tag"][0] > 0 and rates["perplexity"][0] > 0 and str(path) in rates["tag"][1]
+    assert backend.timing["generate_items"] == 2 and backend.timing["perplexity_items"] == 2

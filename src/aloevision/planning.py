@@ -902,7 +902,6 @@ def training_memory(spec: ModelSpec, *, gpus: int, micro_batch: int, seq_len: in
     attention, SwiGLU's intermediate added); without checkpointing every layer's. Logits: bf16 logits, their fp32
     copy for the loss and its gradient (10 bytes per vocabulary entry per token) — the largest term at long
     sequences."""
-    per_param = 12 if "8bit" in str(optimizer) else 18
     states = zero3_model_states_bytes(spec.params, spec.largest_layer_params, gpus, optimizer)
     largest = 4 * spec.largest_layer_params
     p = 2 * spec.params / gpus
@@ -914,7 +913,6 @@ def training_memory(spec: ModelSpec, *, gpus: int, micro_batch: int, seq_len: in
     logits = tokens * spec.vocab * 10
     gib = 2**30
     total = (states + acts + logits) / gib
-    del per_param
     return MemoryEstimate(name, gpus, micro_batch, seq_len, p / gib, g / gib, o / gib, largest / gib, acts / gib,
                           logits / gib, total, gpu_gib, None if gpu_gib is None else total <= gpu_gib, basis)
 

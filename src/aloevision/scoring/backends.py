@@ -381,3 +381,25 @@ def make_backend(
     cls = {"vllm": VllmBackend, "rules": RulesBackend}.get(backend, TransformersBackend)
     return cls(tag_model, ppl_model, **kwargs)
 
+
+
+THROUGHPUT_FILE = "score_throughput.json"  # what `plan.measured=[<run folder>]` reads (planning._measured)
+
+
+def write_throughput(backend: Any, run_dir: str | Path, *, gpus: int | None = None) -> Path | None:
+    """The measured scoring rates of this job (`backend.throughput()`), per GPU held (the node's GPUs: tag and
+    perplexity hold them together), into `<run_dir>/score_throughput.json`; None when nothing was timed."""
+    import json
+
+    rates = backend.throughput() if hasattr(backend, "throughput") else {}
+    if not rates:
+        return None
+    held = max(1, int(gpus if gpus is not None else getattr(getattr(backend, "devices", None), "count", 0) or 1))
+    out = {**rates, "gpus": held, "timing": dict(getattr(backend, "timing", {}))}
+    if "tag_samples_per_s" in rates:
+        out["tag_samples_per_gpu_second"] = rates["tag_samples_per_s"] / held
+    if "ppl_samples_per_s" in rates:
+        out["perplexity_samples_per_gpu_second"] = rates["ppl_samples_per_s"] / held
+    path = Path(run_dir) / THROUGHPUT_FILE
+    path.write_text(json.dumps(out, indent=1))
+    return path
