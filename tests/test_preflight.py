@@ -68,3 +68,18 @@ def test_gpu_settings_the_node_cannot_run(tmp_path, monkeypatch):
     if importlib.util.find_spec("bitsandbytes") is None:
         with pytest.raises(PreflightError, match="adamw_bnb_8bit needs bitsandbytes"):
             check(bnb, devices=H100x4)
+
+
+def test_the_resolved_graph_decides_what_is_needed(tmp_path, monkeypatch):
+    """stage=train resolves ingest/tokens/mix (built in the job when missing): their datasets are needed; with
+    upstream=require they must already exist as artifacts, so only the train stage's own needs are checked."""
+    from aloevision.pipeline import resolve, targets_of
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose(["stage=train", "mixture=final", f"paths.data_dir={tmp_path}/nodata", "filter=none",
+                   "leakage=off"], root=tmp_path)
+    with pytest.raises(PreflightError, match="mixture.sources.magpie"):
+        check(cfg, resolve(cfg), targets_of(cfg))
+    cfg = compose(["stage=train", "mixture=final", f"paths.data_dir={tmp_path}/nodata", "filter=none",
+                   "leakage=off", "upstream=require"], root=tmp_path)
+    check(cfg, resolve(cfg), targets_of(cfg))

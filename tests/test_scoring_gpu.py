@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from aloevision.config import ConfigError
-from aloevision.scoring.backends import (
+from aloevision.gpus import (
     CUDA_CONTEXT_GIB, MODEL_SPECS, USABLE, VLLM_RESERVE_GIB, gpu_layout, layout_for, ppl_reserve_gib)
 from conftest import compose
 

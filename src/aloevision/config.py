@@ -141,7 +141,7 @@ class ScorerConfig:
     batch_size: int = 8
     max_new_tokens: int = 96
     trust_remote_code: bool = False
-    # vLLM (backend=vllm): None = derived by scoring.backends.gpu_layout from the model and the cluster's GPUs
+    # vLLM (backend=vllm): None = derived by aloevision.gpus.gpu_layout from the model and the cluster's GPUs
     tensor_parallel_size: Optional[int] = None
     gpu_memory_utilization: Optional[float] = None  # vLLM's per-instance share of each GPU's memory
     max_model_len: int = 8192  # prompt + answer tokens per request (longer samples: a counted scorer_error)

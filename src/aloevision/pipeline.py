@@ -183,7 +183,7 @@ def _build_command(stage: str, overrides: list[str]) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     resolve(cfg)  # a graph problem fails before anything is written
-    preflight.check(cfg, resolve(cfg))  # weights, datasets, GPUs the stages need: all problems at once, before W&B
+    preflight.check(cfg, resolve(cfg), targets_of(cfg))  # weights, datasets, GPUs: every problem at once, before W&B
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from aloevision.distributed import detect

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from aloevision.config import CATEGORIES, ConfigError
+from aloevision.gpus import GPU_SPECS, MODEL_SPECS, ModelSpec  # noqa: F401  (ModelSpec: re-exported)
 
 PAPER_TABLE1 = Path(__file__).with_name("data") / "paper_table1.csv"
 DEFAULT_SHARE_TOLERANCE = 0.0005
@@ -652,47 +653,6 @@ def run_plan(cfg, out_dir: str | Path, stats_path: str | Path | None = None, con
 
 
 # -- what every GPU stage costs, and whether the training recipe fits a GPU --------------------------------------
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the cost and memory arithmetic needs of a model: its config.json, parameters from its model card."""
-
-    params: float
-    layers: int
-    attention_heads: int
-    kv_heads: int
-    head_dim: int = 128
-    hidden: int = 0
-    intermediate: int = 0
-    vocab: int = 152064
-
-    @property
-    def weights_gib(self) -> float:  # bf16
-        return self.params * 2 / 2**30
-
-    @property
-    def kv_bytes_per_token(self) -> int:  # K and V of every layer, bf16
-        return 2 * self.layers * self.kv_heads * self.head_dim * 2
-
-    @property
-    def largest_layer_params(self) -> int:  # the (untied) embedding / LM head
-        return self.vocab * self.hidden
-
-
-_Q72 = ModelSpec(73.4e9, 80, 64, 8, 128, 8192, 29568)
-_Q7 = ModelSpec(8.29e9, 28, 28, 4, 128, 3584, 18944)
-MODEL_SPECS = {
-    "Qwen/Qwen2.5-VL-72B-Instruct": _Q72, "Qwen/Qwen2-VL-72B-Instruct": _Q72, "qwen2vl_72b": _Q72,
-    "Qwen/Qwen2.5-VL-32B-Instruct": ModelSpec(33.5e9, 64, 40, 8, 128, 5120, 27648),
-    "Qwen/Qwen2.5-VL-7B-Instruct": _Q7, "Qwen/Qwen2-VL-7B-Instruct": _Q7, "qwen2vl_7b": _Q7,
-    "meta-llama/Llama-3.3-70B-Instruct": ModelSpec(70.6e9, 80, 64, 8, 128, 8192, 28672, 128256),
-    "allenai/Olmo-3-32B-Instruct": ModelSpec(32.2e9, 64, 40, 8, 128, 5120, 27648, 100278),
-}
-
-# Nominal figures (datasheets), NOT measurements: replaced by measured throughput (plan.measured / plan.throughput).
-GPU_SPECS = {
-    "H100 64GB": {"bf16_tflops": 989.0, "hbm_tb_s": 1.6, "source": "NVIDIA H100 SXM dense bf16; 64 GB HBM2 variant"},
-    "A100 64GB": {"bf16_tflops": 312.0, "hbm_tb_s": 1.6, "source": "NVIDIA A100 SXM dense bf16; 64 GB HBM2e variant"},
-}
 PREFILL_MFU = 0.35  # vLLM prefill, share of peak bf16 (assumption)
 FORWARD_MFU = 0.25  # transformers no-grad forward (perplexity), share of peak (assumption)
 HBM_EFFICIENCY = 0.6  # decode steps read the weights once per step at this share of the bandwidth (assumption)
@@ -791,7 +751,7 @@ def price_stages(cfg: Any, plan: "Plan", stats: list[SourceStats]) -> list[Stage
         if gpu and tag is not None and _get(sc, "backend") != "rules":
             tp, kv_tokens = node, None
             try:
-                from aloevision.scoring.backends import layout_for
+                from aloevision.gpus import layout_for
 
                 lay = layout_for(sc, cluster, tag_model=tag_id, ppl_model=ppl_id)
                 if lay is not None:

@@ -5,6 +5,8 @@ fail listing EVERY problem at once with the setting to change:
   in the local Hugging Face cache; a Hub id that is not cached is an error when the Hub is off (HF_HUB_OFFLINE, the
   clusters' setting) and otherwise must answer a 5-second metadata request;
 * datasets: every source of the mixture (for stages that read sources) and every benchmark (eval, leakage) present;
+  the stages are the job's resolved stage graph (upstream included, since missing upstream artifacts are built in
+  the job); with `upstream=require` only the target stages, whose upstream artifacts must already exist;
 * GPUs: a GPU cluster config, the vLLM backend, or bf16 / flash-attention on a GPU need CUDA devices that can run
   them (`model.loading.placement` decides, as the loading code will), vLLM / bitsandbytes importable where used.
 
@@ -26,7 +28,7 @@ from aloevision.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-READS_SOURCES = {"all", "ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "train", "adversarial"}
+READS_SOURCES = {"all", "ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "adversarial"}
 READS_BENCHMARKS = {"all", "hash", "leakage", "eval"}
 LOADS_MODEL = {"all", "train", "eval"}  # the tokens stage needs only the processor: rebuilt offline for Qwen2-VL ids
 SCORES = {"all", "score", "filter"}
@@ -41,7 +43,9 @@ class PreflightError(ConfigError):
 def _stages(cfg) -> set[str]:
     stage = str(cfg.stage)
     if stage == "plan":
-        return set() if cfg.plan.stats else {"plan", "tokens"}  # without stats it ingests and counts tokens
+        return {"plan"} if cfg.plan.stats else {"plan", "tokens"}  # without stats it ingests and counts tokens
+    if stage == "train":
+        return {"train", "mix", "tokens", "ingest"}  # the mixture it trains on (reused when cached)
     if stage != "all":
         return {stage}
     out = {"all"}
@@ -145,10 +149,15 @@ def _gpu_problems(cfg, stages: set[str], devices) -> list[str]:
     return out
 
 
-def check(cfg, stages: Iterable[str] | None = None, *, devices=None) -> dict[str, Any]:
-    """Raise PreflightError listing every problem; return what was checked (for the log)."""
+def check(cfg, stages: Iterable[str] | None = None, targets: Iterable[str] | None = None, *,
+          devices=None) -> dict[str, Any]:
+    """Raise PreflightError listing every problem; return what was checked (for the log). `stages`: the job's
+    resolved stages (pipeline.resolve), `targets` the ones asked for (pipeline.targets_of); without them, from
+    cfg.stage alone."""
     start = time.monotonic()
     names = set(stages) if stages is not None else _stages(cfg)
+    if targets is not None and str(getattr(cfg, "upstream", "build")) == "require":
+        names &= set(targets)  # upstream artifacts must already exist: only the targets will run
     problems: list[str] = []
     seen = set()
     for key, value in _models(cfg, names):

@@ -42,7 +42,7 @@ def batch_perplexity(model, processor, rows: list[dict[str, Any]], max_length: i
                      max_batch_tokens: int | None = None) -> list[PplResult]:
     """Perplexity of each row (`messages` + `images` as PIL images), in one forward pass, or, when the padded batch
     exceeds `max_batch_tokens` (rows x longest row), in chunks of similar-length rows that stay within it: activation
-    memory is bounded by the config, not by the longest sample (the GPU budget of scoring.backends.gpu_layout)."""
+    memory is bounded by the config, not by the longest sample (the GPU budget of aloevision.gpus.gpu_layout)."""
     batch = collate(processor, rows, max_length=max_length)
     if max_batch_tokens and len(rows) > 1 and batch["input_ids"].numel() > max_batch_tokens:
         lengths = batch["attention_mask"].sum(dim=1).tolist()
