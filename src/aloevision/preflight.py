@@ -192,5 +192,5 @@ def check(cfg, stages: Iterable[str] | None = None, targets: Iterable[str] | Non
     if problems:
         raise PreflightError(f"pre-flight found {len(problems)} problem(s) for stage={cfg.stage} "
                              f"(checked in {took:.1f} s, nothing ran):\n  - " + "\n  - ".join(problems))
-    log.info("pre-flight ok in %.1f s (stages %s)", took, ",".join(sorted(names)))
+    log.info("pre-flight ok in %.1f s (%d stage(s), %d model(s) checked)", took, len(names), len(seen))
     return {"stages": sorted(names), "seconds": took, "models": sorted(seen)}
