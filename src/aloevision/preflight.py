@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 READS_SOURCES = {"all", "ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "adversarial"}
 READS_BENCHMARKS = {"all", "hash", "leakage", "eval"}
 LOADS_MODEL = {"all", "train", "eval"}  # the tokens stage needs only the processor: rebuilt offline for Qwen2-VL ids
-SCORES = {"all", "score", "filter"}
-USES_GPU = {"all", "train", "eval", "score", "filter"}
+SCORES = {"all", "score"}  # the score stage loads the scorer models (filter only reads their scores)
+USES_GPU = {"all", "train", "eval", "score"}
 HUB_TIMEOUT_S = 5
 
 
@@ -50,7 +50,7 @@ def _stages(cfg) -> set[str]:
         return {stage}
     out = {"all"}
     if not cfg.filter.enabled:
-        out -= {"score", "filter"}
+        out -= {"score", "filter"}  # (the stage=all fallback without the graph)
     return out
 
 

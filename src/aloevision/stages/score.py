@@ -134,6 +134,7 @@ def _score(ctx, shard: int, n_shards: int) -> dict[str, Any]:
     }
     log.info("score: %d samples (%d computed, %d cached), %d model calls, parse failures %s",
              n_records, computed[0], n_records - computed[0], summary["model_calls_total"], dict(parse_failures))
+    summary["throughput_file"] = str(scoring.backends.write_throughput(backend, ctx.run_dir))  # plan.measured reads it
     return summary
 
 
