@@ -29,7 +29,7 @@ from aloevision.config import ConfigError
 log = logging.getLogger(__name__)
 
 READS_SOURCES = {"all", "ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "adversarial"}
-READS_BENCHMARKS = {"all", "hash", "leakage", "eval"}
+READS_BENCHMARKS = {"all", "hash", "leakage"}  # (the eval stage checks its own benchmarks: stages/eval.check)
 LOADS_MODEL = {"all", "train", "eval"}  # the tokens stage needs only the processor: rebuilt offline for Qwen2-VL ids
 SCORES = {"all", "score"}  # the score stage loads the scorer models (filter only reads their scores)
 USES_GPU = {"all", "train", "eval", "score"}
@@ -177,7 +177,7 @@ def check(cfg, stages: Iterable[str] | None = None, targets: Iterable[str] | Non
     if missing_sources:
         problems.append("to run without them: " + " ".join(f"~mixture.sources.{k}" for k in missing_sources)
                         + " (and adjust mixture.targets), or fix paths.data_dir")
-    if names & READS_BENCHMARKS and (names & {"eval"} or cfg.leakage.enabled):
+    if names & READS_BENCHMARKS and cfg.leakage.enabled:
         for key, bench in cfg.eval.benchmarks.items():
             problem = _dataset_problem(f"eval.benchmarks.{key}", bench.path, demo)
             if problem:
