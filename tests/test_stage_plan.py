@@ -109,8 +109,9 @@ def test_plan_prices_every_gpu_stage_and_the_memory_per_gpu(run_launch, tmp_path
                       cache=False)
     plan = json.loads((tmp_path / "outputs/runs/p/plan.json").read_text())
     costs = {c["stage"]: c for c in plan["costs"]}
-    assert {"score/tag", "score/perplexity", "train", "eval", "judge:Qwen2.5-VL-72B-Instruct",
-            "judge:Llama-3.3-70B-Instruct", "judge:Olmo-3-32B-Instruct"} <= set(costs)
+    judges = [j for j in compose(["eval=paper"], root=tmp_path).eval.judges if j not in ("self", "rules")]
+    assert len(judges) == 3  # the paper's three judges
+    assert {"score/tag", "score/perplexity", "train", "eval", *(f"judge:{j.split('/')[-1]}" for j in judges)} <= set(costs)
     for c in costs.values():
         assert c["gpu_hours"] > 0 and c["wall_hours"] > 0 and c["samples_per_gpu_second"] > 0, c
         assert c["throughput_source"], c  # every number says where it comes from

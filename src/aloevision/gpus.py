@@ -47,7 +47,7 @@ MODEL_SPECS = {
     "Qwen/Qwen2.5-VL-32B-Instruct": ModelSpec(33.5e9, 64, 40, 8, 128, 5120, 27648),
     "Qwen/Qwen2.5-VL-7B-Instruct": _Q7, "Qwen/Qwen2-VL-7B-Instruct": _Q7, "qwen2vl_7b": _Q7,
     "meta-llama/Llama-3.3-70B-Instruct": ModelSpec(70.6e9, 80, 64, 8, 128, 8192, 28672, 128256),
-    "allenai/Olmo-3-32B-Instruct": ModelSpec(32.2e9, 64, 40, 8, 128, 5120, 27648, 100278),
+    "allenai/Olmo-3.1-32B-Instruct": ModelSpec(32.2e9, 64, 40, 8, 128, 5120, 27648, 100278),
 }
 
 # Nominal figures (datasheets), NOT measurements: replaced by measured throughput (plan.measured / plan.throughput).

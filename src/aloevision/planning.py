@@ -807,7 +807,7 @@ def price_stages(cfg: Any, plan: "Plan", stats: list[SourceStats]) -> list[Stage
         notes = [f"items of benchmarks without a known size are not counted: {', '.join(unknown)} "
                  "(set eval.benchmarks.<k>.max_samples)"] if unknown else []
         out.append(_cost("eval", items, str(_get(model, "name")), gpus, rate, src, 1, notes))
-        judges = [j for j in (_get(ev, "judges") or []) if j != "self"]
+        judges = [j for j in (_get(ev, "judges") or []) if j not in ("self", "rules")]  # those load no model
         open_items = sum(int(_get(b, "max_samples") or KNOWN_EVAL_ITEMS.get(str(k), 0))
                          for k, b in (_get(ev, "benchmarks") or {}).items() if _get(b, "kind") == "open")
         for j in judges:

@@ -34,6 +34,7 @@ LOADS_MODEL = {"all", "train", "eval"}  # the tokens stage needs only the proces
 SCORES = {"all", "score"}  # the score stage loads the scorer models (filter only reads their scores)
 USES_GPU = {"all", "train", "eval", "score"}
 HUB_TIMEOUT_S = 5
+NOT_MODELS = ("self", "rules")  # judge specs that load nothing (evaluation.judges.judge_backends)
 
 
 class PreflightError(ConfigError):
@@ -116,7 +117,7 @@ def _models(cfg, stages: set[str]) -> Iterable[tuple[str, str | None]]:
         yield "filter.scorer.ppl_model", sc.ppl_model
     if stages & {"all", "eval"}:
         for i, judge in enumerate(cfg.eval.judges or []):
-            if judge != "self":
+            if judge not in NOT_MODELS:
                 yield f"eval.judges[{i}]", judge
 
 
