@@ -661,6 +661,7 @@ TAG_ANSWER_TOKENS = 40  # the tag line (conf/filter/paper.yaml: "~40 tokens")
 DEFAULT_TOKENS_PER_SAMPLE = 1000.0  # text + image tokens of a sample when the stats do not say (assumption)
 MAX_CONCURRENT = 256  # vLLM's default max_num_seqs
 EVAL_PROMPT_TOKENS = 1000.0
+EVAL_ANSWER_TOKENS = 64  # mean generated tokens per benchmark item (MCQ letters to short answers; assumption)
 # Item counts of the paper's benchmarks where datasets.md verifies them (others: eval.benchmarks.<k>.max_samples).
 KNOWN_EVAL_ITEMS = {"probmed": 57132, "careqa_vision_mcq": 165, "careqa_vision_open": 136}
 
@@ -800,10 +801,13 @@ def price_stages(cfg: Any, plan: "Plan", stats: list[SourceStats]) -> list[Stage
         prefill = 2 * spec.params * EVAL_PROMPT_TOKENS / (gpus * gpu["bf16_tflops"] * 1e12 * FORWARD_MFU)
         # device_map="auto" runs the layers GPU after GPU: one decode step reads all weights at one GPU's bandwidth.
         step = spec.params * 2 / (gpu["hbm_tb_s"] * 1e12 * HBM_EFFICIENCY)
-        per_item = prefill + int(_get(ev, "max_new_tokens", 32)) * step / batch
+        # Greedy answers stop at end-of-turn: max_new_tokens is a cap, not what an item costs.
+        new = min(int(_get(ev, "max_new_tokens", 32) or 32), EVAL_ANSWER_TOKENS)
+        per_item = prefill + new * step / batch
         rate, src = _rate("eval", 1 / per_item / gpus,
-                          f"arithmetic: transformers generate, batch {batch}, {_get(ev, 'max_new_tokens', 32)} new tokens, "
-                          f"{EVAL_PROMPT_TOKENS:.0f}-token prompts; {where}", plan_cfg, measured)
+                          f"arithmetic: transformers generate, batch {batch}, {new} new tokens per item (assumed; "
+                          f"eval.max_new_tokens caps it), {EVAL_PROMPT_TOKENS:.0f}-token prompts, one job; {where}",
+                          plan_cfg, measured)
         notes = [f"items of benchmarks without a known size are not counted: {', '.join(unknown)} "
                  "(set eval.benchmarks.<k>.max_samples)"] if unknown else []
         out.append(_cost("eval", items, str(_get(model, "name")), gpus, rate, src, 1, notes))
