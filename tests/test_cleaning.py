@@ -22,8 +22,6 @@ from aloevision.cleaning import (
     DropCounter,
     ImageCheck,
     PathEscape,
-    cap_samples,
-    capped_ids,
     clean,
     default_rules,
 )
@@ -360,27 +358,6 @@ def test_broken_archives_give_image_errors(tmp_path):
 def text_sample(i: int, source: str = "src") -> Sample:
     return Sample(f"{source}/{i}", source, "medical", "text",
                   [{"role": "user", "content": [text_part("q")]}, {"role": "assistant", "content": [text_part("a")]}])
-
-
-def test_cap_samples_is_seeded_order_independent_and_exact():
-    items = [text_sample(i) for i in range(500)]
-    out = list(cap_samples(items + [Drop("src/x", "src", "missing_image")], 100, seed=1))
-    kept = [o for o in out if isinstance(o, Sample)]
-    drops = [o for o in out if isinstance(o, Drop)]
-    assert len(kept) == 100 and len(drops) == 401
-    assert sum(d.reason == "source_cap" for d in drops) == 400
-    assert [s.id for s in kept] == sorted((s.id for s in kept), key=lambda x: int(x.split("/")[1]))  # input order
-    shuffled = items[:]
-    random.Random(3).shuffle(shuffled)
-    again = {o.id for o in cap_samples(shuffled, 100, seed=1) if isinstance(o, Sample)}
-    assert again == {s.id for s in kept} == capped_ids((s.id for s in items), 100, seed=1)
-    other = {o.id for o in cap_samples(items, 100, seed=2) if isinstance(o, Sample)}
-    assert other != again and len(other) == 100
-    assert len([o for o in cap_samples(items, None) if isinstance(o, Sample)]) == 500
-    assert len([o for o in cap_samples(items, 1000) if isinstance(o, Sample)]) == 500
-    assert all(isinstance(o, Drop) for o in cap_samples(items[:5], 0))
-    with pytest.raises(ValueError):
-        list(cap_samples(items, -1))
 
 
 def test_drop_counter_report(tmp_path):

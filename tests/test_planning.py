@@ -11,13 +11,12 @@ from conftest import compose
 from aloevision.planning import (
     PAPER_TABLE1,
     PlanError,
-    SelectionTally,
+    copies_for,
     load_stats,
     make_plan,
     plan_mixture,
     plan_training,
     run_plan,
-    select_samples,
     write_stats,
 )
 
@@ -144,22 +143,21 @@ def test_stats_roundtrip_and_budget(tmp_path, table1):
     assert plan.loss_tokens == pytest.approx(320.05e6) and all(f == pytest.approx(0.5) for f in plan.fractions().values())
 
 
-def test_select_samples_streaming():
-    fractions = {"a": 0.25, "b": 1.0, "c": 2.5}
-    stream = [(f"{src}-{i}", src, 10) for src in "abc" for i in range(4000)]
-    tally = SelectionTally()
-    out = list(select_samples(iter(stream), fractions, seed=3, tally=tally))
-    assert abs(tally.samples["a"] / 4000 - 0.25) < 0.03 and tally.samples["b"] == 4000
-    assert abs(tally.samples["c"] / 4000 - 2.5) < 0.05 and {k for _, s, k in out if s == "c"} == {2, 3}
-    assert tally.dropped["a"] == 4000 - tally.samples["a"] and tally.loss_tokens["b"] == 40000
-    assert out == list(select_samples(iter(stream), fractions, seed=3))  # deterministic
-    other = list(select_samples(iter(stream), fractions, seed=4))
-    assert {i for i, s, _ in other if s == "a"} != {i for i, s, _ in out if s == "a"}  # the seed matters
-    # Nested: a larger fraction keeps a superset.
-    bigger = {i for i, _, _ in select_samples(iter(stream), {**fractions, "a": 0.5}, seed=3) if i.startswith("a")}
-    assert {i for i, s, _ in out if s == "a"} < bigger
-    with pytest.raises(PlanError, match="source d is not in the plan"):
-        list(select_samples([("x", "d", 1)], fractions))
+def test_copies_for_is_seeded_nested_and_meets_the_fraction():
+    """The selection rule of the mix stage: floor(f) copies plus one more with probability frac(f), by a seeded
+    hash of the id (order-free, deterministic, nested in the fraction)."""
+    ids = [f"s-{i}" for i in range(4000)]
+
+    def picked(fraction: float, seed: int = 3) -> dict[str, int]:
+        return {i: k for i in ids if (k := copies_for(i, "src", fraction, seed))}
+
+    quarter, half = picked(0.25), picked(0.5)
+    assert abs(len(quarter) / 4000 - 0.25) < 0.03 and set(quarter.values()) == {1}
+    assert set(quarter) < set(half)  # a larger fraction keeps a superset
+    assert set(picked(0.25, seed=4)) != set(quarter)  # the seed matters
+    assert picked(0.25) == quarter  # deterministic
+    assert len(picked(1.0)) == 4000 and set(picked(2.5).values()) == {2, 3}
+    assert abs(sum(picked(2.5).values()) / 4000 - 2.5) < 0.05
 
 
 @pytest.mark.parametrize("name,steps,medtext", [("final", 3487, 29.7), ("medical_only", 3487, 41.5),

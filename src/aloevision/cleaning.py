@@ -12,7 +12,6 @@ The 4096-token rule is applied by the token-statistics stage, not here.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import os
 from collections import Counter, OrderedDict, defaultdict
 from typing import Any, Iterable, Iterator, Protocol, Sequence
@@ -206,38 +205,6 @@ def clean(samples: Iterable[Sample | Drop], rules: Sequence[Rule] | None = None)
 def sample_key(sample_id: str, seed: int) -> int:
     """A stable pseudo-random 64-bit key per (id, seed): the same sample is kept whatever the order or sharding."""
     return int.from_bytes(hashlib.blake2b(f"{seed}\x00{sample_id}".encode(), digest_size=8).digest(), "big")
-
-
-def cap_samples(items: Iterable[Sample | Drop], cap: int | None, seed: int = 0) -> Iterator[Sample | Drop]:
-    """Keep at most ``cap`` Samples: the ``cap`` with the smallest :func:`sample_key` (bottom-k hashing, i.e. a
-    uniform random subset that does not depend on input order). Memory O(cap). Each Sample not kept is yielded as a
-    ``Drop(reason="source_cap")`` as soon as it is known to be out; kept Samples follow at the end in input order.
-    Drops in the input pass through. ``cap=None`` passes everything through."""
-    if cap is None:
-        yield from items
-        return
-    if cap < 0:
-        raise ValueError(f"cap must be >= 0, got {cap}")
-    heap: list[tuple[int, int, Sample]] = []  # max-heap on key via negation: (-key, order, sample)
-    for order, item in enumerate(items):
-        if isinstance(item, Drop):
-            yield item
-            continue
-        key = sample_key(item.id, seed)
-        if len(heap) < cap:
-            heapq.heappush(heap, (-key, order, item))
-        elif cap and key < -heap[0][0]:
-            _, _, out = heapq.heapreplace(heap, (-key, order, item))
-            yield Drop(out.id, out.source, "source_cap", f"over the cap of {cap}")
-        else:
-            yield Drop(item.id, item.source, "source_cap", f"over the cap of {cap}")
-    for _, _, s in sorted(heap, key=lambda t: t[1]):
-        yield s
-
-
-def capped_ids(ids: Iterable[str], cap: int, seed: int = 0) -> set[str]:
-    """The ids :func:`cap_samples` would keep, holding only ids (for a two-pass cap over a huge source)."""
-    return {i for _, i in heapq.nsmallest(cap, ((sample_key(i, seed), i) for i in ids))}
 
 
 # ------------------------------------------------------------------------------------------------ counting

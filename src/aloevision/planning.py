@@ -12,7 +12,7 @@ keeps as much data as possible: it solves a small linear programme over one "uni
 * optionally a total loss-token budget, when a mixture asks for one.
 
 Within a unit every source gets the same fraction, so a category's internal proportions are its natural ones.
-Selection is per sample and deterministic (`select_samples`: a seeded hash of the sample id), nested in the
+Selection is per sample and deterministic (`copies_for`: a seeded hash of the sample id), nested in the
 fraction (a larger fraction keeps a superset), and streaming.
 
 Training arithmetic (paper Table 6, Appendix D): global batch = micro x accumulation x GPUs (checked);
@@ -32,7 +32,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from aloevision.config import CATEGORIES, ConfigError
 from aloevision.gpus import GPU_SPECS, MODEL_SPECS, ModelSpec  # noqa: F401  (ModelSpec: re-exported)
@@ -998,34 +998,3 @@ def copies_for(sample_id: str, source: str, fraction: float, seed: int = 0) -> i
     decided by a seeded hash of its id (deterministic, order-free, nested in the fraction)."""
     whole = math.floor(fraction)
     return whole + (1 if _unit_interval(seed, source, sample_id) < fraction - whole else 0)
-
-
-@dataclass
-class SelectionTally:
-    samples: dict[str, int] = field(default_factory=dict)
-    loss_tokens: dict[str, float] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
-
-
-def select_samples(
-    stream: Iterable[tuple[str, str, float]],
-    fractions: Mapping[str, float] | Plan,
-    seed: int = 0,
-    tally: SelectionTally | None = None,
-) -> Iterator[tuple[str, str, int]]:
-    """For each (sample_id, source, loss_tokens): yield (sample_id, source, copies) for kept samples (copies >= 1),
-    streaming. `tally` (optional) accumulates per-source kept samples / loss tokens (with repeats) and drops, for
-    the observed side of the requested-vs-observed table. Sources absent from `fractions` are an error."""
-    fr = fractions.fractions() if isinstance(fractions, Plan) else dict(fractions)
-    for sample_id, source, loss in stream:
-        if source not in fr:
-            raise PlanError(f"sample {sample_id}: source {source} is not in the plan ({sorted(fr)})")
-        k = copies_for(sample_id, source, fr[source], seed)
-        if tally is not None:
-            if k:
-                tally.samples[source] = tally.samples.get(source, 0) + k
-                tally.loss_tokens[source] = tally.loss_tokens.get(source, 0.0) + k * float(loss)
-            else:
-                tally.dropped[source] = tally.dropped.get(source, 0) + 1
-        if k:
-            yield sample_id, source, k

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -146,10 +145,6 @@ def metrics_from_results(results: dict[str, Any], benchmarks: dict[str, str] | N
 def offline_env() -> dict[str, str]:
     """Environment that keeps lm-eval / datasets / the Hub from touching the network (local tasks only)."""
     return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def apply_offline_env() -> None:
-    os.environ.update(offline_env())
 
 
 def harness_available(name: str) -> bool:

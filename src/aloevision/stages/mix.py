@@ -10,7 +10,7 @@ Steps, all streaming (one sample in memory at a time; `datasets` writes Arrow in
    (`too_many_tokens` and other token-stage drops excluded);
 3. the plan (`aloevision.planning`): per-source sampling fractions meeting `mixture.targets` in loss tokens, and the
    training arithmetic (total steps) the trainer follows;
-4. selection (seeded hash of the id, `select_samples`): `copies` rows per kept sample;
+4. selection (seeded hash of the id, `planning.copies_for`): `copies` rows per kept sample;
 5. the Table 1-style composition (markdown, CSV, W&B table; requested vs observed) and a token-allocation chart.
 """
 
