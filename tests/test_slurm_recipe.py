@@ -42,13 +42,13 @@ def test_readme_cluster_recipe_as_separate_slurm_jobs(slurm_cluster, run_launch,
     assert mix["stages"]["hash"]["totals"]["computed"] == 0 and mix["stages"]["score"]["computed"] == 0
     train = submit("train", "stage=train", "upstream=require")[0]  # 4. training: every input must exist already
     assert train["stages"]["upstream"]["mix"]["built"] == 0
-    model_dir = jobs["train"] / "0"
+    model_dir = Path(train["paths"]["run_dir"])  # the train job's run folder, as the README says
     ev = submit("eval", "stage=eval", f"eval.model={model_dir}")[0]  # 5. evaluation of that model
     assert ev["stages"]["eval"]["model"] == str(model_dir / "model")
 
-    one = tmp_path / "one"  # the same config as one job, on a fresh store
-    run_launch(*[o for o in x if not o.startswith("paths.cache_dir")], f"paths.cache_dir={tmp_path / 'cache_one'}",
-               "wandb.mode=disabled", f"hydra.run.dir={one}", cache=False)
+    # The same config as one job, on the session's shared store (the SLURM jobs above built everything in their own).
+    one = tmp_path / "one"
+    run_launch(*[o for o in x if not o.startswith("paths.cache_dir")], "wandb.mode=disabled", f"hydra.run.dir={one}")
     ref = json.loads((one / "run_record.json").read_text())
     assert _ids(mix) == _ids(ref) and len(_ids(ref)) > 50
     assert train["stages"]["train"]["loss_history"] == ref["stages"]["train"]["loss_history"]

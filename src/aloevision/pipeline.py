@@ -182,8 +182,9 @@ def _build_command(stage: str, overrides: list[str]) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
-    resolve(cfg)  # a graph problem fails before anything is written
-    preflight.check(cfg, resolve(cfg), targets_of(cfg))  # weights, datasets, GPUs: every problem at once, before W&B
+    order = resolve(cfg)  # a graph problem fails before anything is written
+    # weights, datasets, GPUs and every stage's own check: every problem at once, in seconds, before W&B starts
+    preflight.check(cfg, order, targets_of(cfg), stage_problems=stage_problems(cfg, order))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from aloevision.distributed import detect
@@ -202,6 +203,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         close_tracker(tracker, error)
     return ctx.results
+
+
+def stage_problems(cfg: DictConfig, order: list[str]) -> list[str]:
+    """What the resolved stages' own `check(cfg)` functions refuse (their ConfigError messages)."""
+    problems = []
+    for name in order:
+        try:
+            GRAPH[name].check(cfg)
+        except ConfigError as e:
+            problems.append(f"stage {name}: {e}")
+    return problems
 
 
 def execute(ctx: RunContext, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -151,15 +151,16 @@ def _gpu_problems(cfg, stages: set[str], devices) -> list[str]:
 
 
 def check(cfg, stages: Iterable[str] | None = None, targets: Iterable[str] | None = None, *,
-          devices=None) -> dict[str, Any]:
+          devices=None, stage_problems: Iterable[str] = ()) -> dict[str, Any]:
     """Raise PreflightError listing every problem; return what was checked (for the log). `stages`: the job's
     resolved stages (pipeline.resolve), `targets` the ones asked for (pipeline.targets_of); without them, from
-    cfg.stage alone."""
+    cfg.stage alone. `stage_problems`: what the stages' own `check(cfg)` found (listed with the rest, so one run shows
+    every problem at once)."""
     start = time.monotonic()
     names = set(stages) if stages is not None else _stages(cfg)
     if targets is not None and str(getattr(cfg, "upstream", "build")) == "require":
         names &= set(targets)  # upstream artifacts must already exist: only the targets will run
-    problems: list[str] = []
+    problems: list[str] = list(stage_problems)
     seen = set()
     for key, value in _models(cfg, names):
         if value and value not in seen:
@@ -178,11 +179,15 @@ def check(cfg, stages: Iterable[str] | None = None, targets: Iterable[str] | Non
     if missing_sources:
         problems.append("to run without them: " + " ".join(f"~mixture.sources.{k}" for k in missing_sources)
                         + " (and adjust mixture.targets), or fix paths.data_dir")
-    if names & READS_BENCHMARKS and cfg.leakage.enabled:
-        for key, bench in cfg.eval.benchmarks.items():
-            problem = _dataset_problem(f"eval.benchmarks.{key}", bench.path, demo)
+    # The images the hash stage reads: the leakage sets. A job that also evaluates leaves every benchmark to the eval
+    # stage's own check, whose message names the benchmark, the expected files and the fetch command.
+    if names & READS_BENCHMARKS and cfg.leakage.enabled and "eval" not in names:
+        for key in cfg.leakage.eval_sets or []:
+            bench = cfg.eval.benchmarks.get(key)
+            problem = _dataset_problem(f"eval.benchmarks.{key}", bench.path, demo) if bench is not None else None
             if problem:
-                problems.append(problem + f" (drop it: ~eval.benchmarks.{key})")
+                problems.append(problem + f" (fetch it: python -m aloevision.evalsets.fetch "
+                                          f"--data-dir {cfg.paths.data_dir}; or leave it out of leakage.eval_sets)")
     if devices is None and names & USES_GPU:
         from aloevision.model.loading import Devices
 
