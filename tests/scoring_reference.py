@@ -1,5 +1,5 @@
 """The reference the columnar score index is checked against: the review selection computed by sorting full
-ScoreRecords (the code before `ScoreIndex`). One copy, used by tests/test_scoring_index.py and by
+ScoreRecords (the code before `ScoreIndex`). One copy, used by tests/unit/test_scoring_index.py and by
 benchmarks/score_store_bench.py (same-results check at the benchmark's subsample)."""
 
 from __future__ import annotations

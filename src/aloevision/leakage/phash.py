@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 HASH_SIZE = 8
 SMALL = HASH_SIZE * 4
-# Pillow versions whose resize the numba kernels were verified against (tests/test_phash.py); others use Pillow.
+# Pillow versions whose resize the numba kernels were verified against (tests/unit/test_phash.py); others use Pillow.
 VERIFIED_PILLOW = ("13.0.0",)
 FAST_GREY_MODES = ("L", "RGB", "RGBA", "RGBX")
 PNG_DIRECT = True  # plain 8-bit L/RGB PNGs decoded by ._png (same pixels); False: Pillow (benchmark A/B)

@@ -139,7 +139,7 @@ def run(ctx) -> dict[str, Any]:
     # Trainer._load_from_checkpoint calls model.load_state_dict(strict=False) on the checkpoint's safetensors, whose
     # keys are saved in Qwen2-VL's original layout (model.embed_tokens...) while the module now has
     # model.language_model.*: nothing matches and the resumed run silently restarts from the base weights
-    # (tests/test_resume.py caught it). from_pretrained applies the key conversion. Optimizer, scheduler, RNG and
+    # (tests/e2e/test_resume.py caught it). from_pretrained applies the key conversion. Optimizer, scheduler, RNG and
     # data position still come from the Trainer's resume; its own weight load then finds nothing to change.
     interval = cfg.train.save_interval_min
     on_signal = CheckpointOnSignal(interval_s=float(interval) * 60 if interval else None,

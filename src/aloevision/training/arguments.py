@@ -2,7 +2,7 @@
 override is resolved ONCE here (`resolve`) and handed to both TRL's `SFTConfig` and the DeepSpeed config, so the
 HF Trainer's DeepSpeed consistency check (`HfTrainerDeepSpeedConfig.fill_match`) can never find them apart.
 
-`RECIPE_ROUTES` says where each recipe field goes; tests/test_deepspeed_config.py checks it covers every field of
+`RECIPE_ROUTES` says where each recipe field goes; tests/unit/test_deepspeed_config.py checks it covers every field of
 `RecipeConfig` and that SFTConfig and DeepSpeed agree for the 7B and 72B recipes.
 """
 
@@ -104,7 +104,7 @@ def sft_config(cfg: Any, out: Path, values: dict[str, Any], *, use_cpu: bool, ds
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         # Resume = same seed, same data order: the sampler is seeded by data_seed, the checkpoint holds every
-        # rank's RNG state and the Trainer skips the batches already trained (tests/test_resume.py).
+        # rank's RNG state and the Trainer skips the batches already trained (tests/e2e/test_resume.py).
         seed=cfg.seed,
         data_seed=cfg.seed,
         remove_unused_columns=False,

@@ -15,7 +15,7 @@ Why the dummy changes nothing: its placeholder tokens are appended as extra colu
   instead of past the end (also -100), leave the loss terms and the number of loss tokens unchanged;
 - the dummy features do enter the graph (masked_scatter into the embeddings), so backward also runs through the vision
   tower on every rank (its gradient from the dummy is exactly zero).
-tests/test_zero3.py checks the loss with and without the dummy is identical, and a 2-rank ZeRO-3 run where one rank
+tests/e2e/test_zero3.py checks the loss with and without the dummy is identical, and a 2-rank ZeRO-3 run where one rank
 only ever sees text completes.
 """
 

@@ -7,7 +7,7 @@
   no rank enters the checkpoint's collectives alone), the Trainer writes a normal checkpoint and stops.
 * Afterwards `forward()` hands the signal to whoever had it before us: under submitit that is its handler, which
   requeues the job (rank 0) and exits; the requeued job lands in the same run folder and resumes from the checkpoint
-  (tests/test_resume.py). Without a previous handler the process exits with 128 + signal number (130 for Ctrl-C).
+  (tests/e2e/test_resume.py). Without a previous handler the process exits with 128 + signal number (130 for Ctrl-C).
 * `interval_s`: a checkpoint whenever that long has passed since the last one (the 72B's 500 steps at ~90 s/step
   would be 12.5 h apart; a 24 h limit would lose up to that much).
 A second Ctrl-C stops at once (KeyboardInterrupt), for a user who does not want to wait for the step to end.

@@ -16,7 +16,7 @@ import pytest
 
 from aloevision.utils.wandb_log import read_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = ["stage=train", "train.max_steps=12", "train.save_steps=3", "filter=none"]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS = ["stage=train", "train.max_steps=6", "train.save_steps=2", "train.save_total_limit=5"]
 
 

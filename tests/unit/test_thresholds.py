@@ -12,7 +12,7 @@ from aloevision.schema import Sample, text_part, turn
 from aloevision.scoring.store import ScoreRecord
 from aloevision.scoring.thresholds import REASONS, apply_thresholds, thresholds_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _s(i: int, source: str) -> Sample:

@@ -44,7 +44,7 @@ from aloevision.adversarial.heart_sources import demo_heart_sources, load_base_i
 from aloevision.adversarial.matching import IoURule, find_labels, iou, label_correct, parse_boxes
 from aloevision.schema import Sample, image_part, text_part, turn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER_FACTS = Path("/work/shared/reference/paper-facts.md")
 
 

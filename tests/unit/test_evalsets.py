@@ -306,7 +306,7 @@ def test_registry_and_errors(tmp_path):
 
 
 def test_demo_eval_config_loads_every_demo_set(demo_dir):
-    conf = Path(__file__).resolve().parents[1] / "conf/eval/demo.yaml"
+    conf = Path(__file__).resolve().parents[2] / "conf/eval/demo.yaml"
     cfg = OmegaConf.merge(OmegaConf.create({"paths": {"demo_dir": str(demo_dir)}}),
                           {"eval": OmegaConf.load(conf)})
     expected_kinds = {"demo_mcq": {"mcq"}, "demo_yesno": {"probmed"}, "demo_open": {"open"},
@@ -331,7 +331,7 @@ def test_demo_eval_config_loads_every_demo_set(demo_dir):
 
 
 def test_paper_eval_config_keys():
-    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/eval/paper.yaml")
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/eval/paper.yaml")
     assert {"pathmmu", "gmai_mmbench", "omnimedvqa", "probmed", "slake", "mmmu", "multimedqa", "mmlu",
             "careqa_vision_mcq", "careqa_vision_open"} == set(conf.benchmarks)
     harness = {k: v.harness for k, v in conf.benchmarks.items()}

@@ -254,7 +254,7 @@ def test_paper_judges_are_existing_instruct_models():
 
     from aloevision.evaluation.judges import DEFAULT_JUDGES
 
-    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/eval/paper.yaml")
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/eval/paper.yaml")
     assert list(conf.judges) == list(DEFAULT_JUDGES)
     # Olmo 3 has no 32B Instruct; the 32B instruction model is Olmo 3.1's (docs/evaluation.md)
     assert "allenai/Olmo-3.1-32B-Instruct" in DEFAULT_JUDGES and "allenai/Olmo-3-32B-Instruct" not in DEFAULT_JUDGES

@@ -47,7 +47,7 @@ def test_demo_mixture_opens_with_datasets(run_launch, tmp_path):
     assert all(s["fraction"] == 1.0 for s in plan["sources"])
     from omegaconf import OmegaConf
 
-    epochs = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/model/tiny.yaml").recipe.epochs
+    epochs = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/model/tiny.yaml").recipe.epochs
     assert plan["training"]["total_steps"] == plan["training"]["steps_per_epoch"] * epochs  # the tiny recipe's epochs
 
 

@@ -15,7 +15,7 @@ from aloevision.evaluation.generation import item_prompt
 from aloevision.evaluation.protocol import probmed_score_binary, yorn_extraction
 from aloevision.evaluation.runner import prompt_style
 
-VECTORS = json.loads((Path(__file__).parent / "data" / "vlmeval_vectors.json").read_text())
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "data" / "vlmeval_vectors.json").read_text())
 
 
 def _tsv_item(tmp_path, dataset, row, kind="mcq"):

@@ -24,7 +24,7 @@ from aloevision.schema import Drop, Sample
 from aloevision.sources import ADAPTERS, MODULES, allowed_roots, read_source, source_inventory
 from aloevision.sources.boxes import parse_qwen2vl_boxes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

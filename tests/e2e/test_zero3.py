@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_TIMEOUT = 420  # generous: the first run on a machine compiles DeepSpeed's shm comm op
 
 

@@ -96,7 +96,7 @@ def _compose_cluster(overrides, tmp_path):
     from hydra import compose, initialize_config_dir
 
     register_configs()
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose(config_name="config", return_hydra_config=True,
                        overrides=[f"paths.root={tmp_path}", f"paths.output_dir={tmp_path / 'run'}", *overrides])

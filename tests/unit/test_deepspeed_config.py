@@ -15,7 +15,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from aloevision.config import ConfigError  # noqa: E402
 from aloevision.training import deepspeed_config as dc  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def recipe(name: str):

@@ -31,7 +31,7 @@ from aloevision.utils.wandb_log import find_run_log, read_run
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TABLE1 = REPO / "src" / "aloevision" / "data" / "paper_table1.csv"
 BUILT = re.compile(r"built (\w+) artifact (\S+)")
 

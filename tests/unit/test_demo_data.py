@@ -303,7 +303,7 @@ def test_only_the_planted_images_are_near_evaluation_images(demo, planted):
     from aloevision.evalsets import iter_eval_images
 
     cfg = OmegaConf.merge(OmegaConf.create({"paths": {"demo_dir": str(demo)}}),
-                          {"eval": OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/eval/demo.yaml")})
+                          {"eval": OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/eval/demo.yaml")})
     ev = []
     for b in cfg.eval.benchmarks.values():
         for _, img in iter_eval_images(b):

@@ -39,7 +39,7 @@ def test_resolution_follows_the_config(tmp_path):
 def test_graph_table_is_in_the_docs():
     from aloevision.pipeline import graph_markdown
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
     assert graph_markdown() in docs, "regenerate the table: python -m aloevision.pipeline (docs/architecture.md)"
 
 
