@@ -24,6 +24,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+# the workers import this module: its folder and the tests' root (conftest, fixtures) go on their PYTHONPATH
+HERE = f"{Path(__file__).resolve().parent}:{REPO / 'tests'}"
 TORCHRUN_TIMEOUT = 420  # generous: the first run on a machine compiles DeepSpeed's shm comm op
 
 
@@ -209,7 +211,7 @@ def test_zero3_text_only_rank_and_image_rank_do_not_hang(tmp_path, tiny_path):
     out = tmp_path / "out"
     out.mkdir()
     # tests/ on the path: the worker reuses _rows from this file. A hang fails at the timeout instead of blocking CI.
-    _torchrun([str(worker), tiny_path, str(out), "1"], tmp_path, pythonpath=str(REPO / "tests"))
+    _torchrun([str(worker), tiny_path, str(out), "1"], tmp_path, pythonpath=HERE)
     r0 = json.loads((out / "rank0.json").read_text())
     r1 = json.loads((out / "rank1.json").read_text())
     assert r0["steps"] == r1["steps"] == 3
@@ -225,7 +227,7 @@ def test_without_the_dummy_the_same_run_breaks(tmp_path, tiny_path):
     worker.write_text(WORKER)
     (tmp_path / "out").mkdir()
     env = _env(tmp_path)
-    env["PYTHONPATH"] += f":{REPO / 'tests'}"
+    env["PYTHONPATH"] += f":{HERE}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(worker), tiny_path, str(tmp_path / "out"), "0"]
     try:
