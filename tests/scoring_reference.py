@@ -27,3 +27,29 @@ def select_examples_reference(records: list[ScoreRecord], thr: Thresholds, k: in
     if failures:
         groups["parse failures"] = failures[:k]
     return groups
+
+
+def keyword_tags_reference(text: str) -> dict[str, list[str]]:
+    """rules.keyword_tags as it was before the first-word lookup: every keyword's case-insensitive regex searched
+    in every text (benchmarks/rules_bench.py and tests/unit/test_taxonomy.py check the fast one gives the same tags)."""
+    from aloevision.scoring.rules import _UNSAFE, ALIASES, TAG_FIELDS, VOCAB, keyword_regex
+
+    global _REFERENCE_PATTERNS
+    if _REFERENCE_PATTERNS is None:
+        _REFERENCE_PATTERNS = {}
+        for f in TAG_FIELDS:
+            terms = {t: t for t in VOCAB[f] if t != "Other"}
+            terms.update({a: c for a, c in ALIASES[f].items() if a not in _UNSAFE})
+            _REFERENCE_PATTERNS[f] = [(keyword_regex(t), c) for t, c in terms.items() if keyword_regex(t)]
+    tags: dict[str, list[str]] = {}
+    for f, pats in _REFERENCE_PATTERNS.items():
+        hits: dict[str, int] = {}
+        for pat, canon in pats:
+            m = pat.search(text)
+            if m and (canon not in hits or m.start() < hits[canon]):
+                hits[canon] = m.start()
+        tags[f] = sorted(hits, key=hits.get)
+    return tags
+
+
+_REFERENCE_PATTERNS = None

@@ -136,3 +136,38 @@ def test_rules_output_goes_through_the_parser():
             turn("assistant", text_part("This CT image of the brain shows a lesion."))]
     p = parse_output(rules_output(good, 1))
     assert p.score == 4 and p.tags["MOD"] == ["CT"] and p.tags["SBP"] == ["Brain"] and p.tags["GBP"] == ["Head"]
+
+
+def test_rules_keyword_lookup_tags_exactly_as_every_regex():
+    """The fast keyword lookup (first word by str.find in the folded text, the regex only there) gives the tags of
+    searching every keyword's case-insensitive regex: on texts built from every term and alias in every casing and
+    spacing, glued into longer words, among the non-ASCII letters re.IGNORECASE folds onto ASCII."""
+    import random
+    import re
+    import string
+
+    from scoring_reference import keyword_tags_reference
+
+    from aloevision.scoring.rules import _fold, keyword_tags
+
+    # the folding the lookup relies on: one character each, a letter exactly where re.I sees an ASCII letter
+    letter = re.compile("[A-Za-z]", re.I)
+    for cp in range(0x110000):
+        c = chr(cp)
+        f = _fold(c)
+        assert len(f) == 1 and (f in string.ascii_lowercase) == bool(letter.fullmatch(c)), hex(cp)
+
+    terms = [t for f in VOCAB for t in VOCAB[f]] + [a for f in ALIASES for a in ALIASES[f]]
+    styles = (str, str.lower, str.upper, str.title, lambda t: t.replace(" ", "-"), lambda t: t.replace(" ", ""),
+              lambda t: t + "s", lambda t: "x" + t, lambda t: t + "al", lambda t: t.replace("s", "\u017f"),
+              lambda t: t.replace("i", "\u0131").replace("k", "\u212a"), lambda t: t.replace("I", "\u0130"))
+    glue = (" ", "  ", "-", "", ". ", "\n", ", ", "(", ")", "/", "\u00a0")
+    rng = random.Random(0)
+    texts = [rng.choice(styles)(t) for t in terms]
+    for _ in range(1500):
+        words = [rng.choice(styles)(rng.choice(terms)) if rng.random() < 0.5 else rng.choice(("the", "lesion", "ray",
+                 "scan", "year", "near", "bonehead", "octave", "petal")) for _ in range(rng.randint(1, 12))]
+        texts.append("".join(w + rng.choice(glue) for w in words))
+    differ = [t for t in texts if keyword_tags(t) != keyword_tags_reference(t)]
+    assert not differ, differ[:5]
+    assert sum(any(keyword_tags(t).values()) for t in texts) > len(texts) // 2  # the texts do hit keywords
