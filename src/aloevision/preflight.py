@@ -109,12 +109,15 @@ def _models(cfg, stages: set[str]) -> Iterable[tuple[str, str | None]]:
     own = not ((stage == "train" and cfg.train.init_from) or (stage == "eval" and cfg.eval.model))
     scorer = stages & SCORES and cfg.filter.enabled
     sc = cfg.filter.scorer
-    if (stages & LOADS_MODEL and own) or (scorer and not (sc.tag_model and sc.ppl_model)):
+    ppl_off = str(sc.ppl_model or "").strip().lower() == "none"  # scoring.backends.ppl_off: no perplexity model
+    run_model_scores = (sc.backend != "rules" and not sc.tag_model) or (not ppl_off and not sc.ppl_model)
+    if (stages & LOADS_MODEL and own) or (scorer and run_model_scores):
         yield "model.checkpoint", cfg.model.checkpoint
     if scorer:
         if sc.backend != "rules":
             yield "filter.scorer.tag_model", sc.tag_model
-        yield "filter.scorer.ppl_model", sc.ppl_model
+        if not ppl_off:
+            yield "filter.scorer.ppl_model", sc.ppl_model
     if stages & {"all", "eval"}:
         for i, judge in enumerate(cfg.eval.judges or []):
             if judge not in NOT_MODELS:

@@ -152,3 +152,51 @@ def test_rules_scorer_reads_lettered_choices():
     where = "In which region is the finding?\nA. upper right\nB. lower left\nAnswer with the letter."
     assert parse_output(rules_output([turn("user", image_part(), text_part(where)),
                                       turn("assistant", text_part("B"))], 1)).score == 4
+
+
+def test_model_free_scoring_with_the_7b_config_offline_loads_no_model(run_launch, demo_dir, tmp_path, monkeypatch):
+    """filter=model_free (rules tags, perplexity off) under model=qwen2vl_7b with the Hub offline: the whole chain up
+    to the filter runs, scores come from the rules tagger, and no model is loaded (offline, any load would fail);
+    a perplexity threshold with perplexity off is a config error naming it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    paths = [f"paths.cache_dir={tmp_path / 'cache'}", f"paths.demo_dir={demo_dir}"]
+    run = tmp_path / "free"
+    run_launch("stage=filter", "model=qwen2vl_7b", "filter=model_free", f"hydra.run.dir={run}", *paths, cache=False)
+    rec = _record(run)
+    assert rec["status"] == "finished"
+    s = rec["stages"]["filter"]["scoring"]
+    assert s["model_free"] and s["perplexity"] == "off" and s["ppl_model"] == "none" and s["tag_model"] == "rules-v2"
+    assert s["model_calls_total"] == 0 and s["computed"] == s["samples"] > 100 and s["ppl_failures"] == {}
+    assert not (tmp_path / "cache" / "models").exists()  # not even the tiny model was built
+    lines = [json.loads(x) for p in Path(s["store"]).glob("part-*.jsonl") for x in p.read_text().splitlines()]
+    assert len(lines) == s["samples"] and all(r["ppl"] is None and r["ppl_failure"] == "ppl_off" for r in lines)
+    assert sum(r["score"] is not None for r in lines) == len(lines) and any(r["tags"].get("MOD") for r in lines)
+    report = rec["stages"]["filter"]["report"]["total"]
+    assert report["removed"] > 0 and report["missing_perplexity"] == 0  # the planted incoherent sample: low_score
+
+
+
+def test_model_free_key_is_model_independent_and_perplexity_thresholds_are_refused(tmp_path):
+    from conftest import compose
+
+    from aloevision.scoring import open_store
+    from aloevision.stages.score import check_perplexity_off
+
+    def store_of(*overrides):
+        cfg = compose(["filter=model_free", *overrides], root=tmp_path)
+        m = cfg.model
+        store, backend = open_store(tmp_path / "scores", cfg.filter.scorer, max_length=int(m.max_length),
+                                    min_pixels=int(m.min_pixels), max_pixels=int(m.max_pixels))
+        if backend.ppl_model == "none":
+            assert backend.perplexity([{}]).pop().failure == "ppl_off" and backend.calls["perplexity"] == 0
+        return store.fingerprint
+
+    # every model's dry run shares the model-free store; perplexity on, the run's lengths are part of the key
+    assert store_of() == store_of("model=qwen2vl_7b") != store_of("filter.scorer.ppl_model=Qwen/Qwen2-VL-7B-Instruct")
+    check_perplexity_off(compose(["filter=model_free", "model=qwen2vl_7b"], root=tmp_path).filter)
+    with pytest.raises(ConfigError, match=r"filter\.per_source\.medmax\.max_ppl=80.*filter=model_free"):
+        check_perplexity_off(compose(["filter=model_free", "filter.per_source.medmax.max_ppl=80"], root=tmp_path).filter)
+    with pytest.raises(ConfigError, match=r"filter\.per_source\.pubmedvision\.min_ppl=1\.5"):
+        check_perplexity_off(compose(["filter=paper", "filter.scorer.backend=rules", "filter.scorer.ppl_model=none"],
+                                     root=tmp_path).filter)

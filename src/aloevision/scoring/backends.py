@@ -22,6 +22,21 @@ PAPER_TAG_MODEL = "Qwen/Qwen2.5-VL-72B-Instruct"
 PAPER_PPL_MODEL = "Qwen/Qwen2-VL-7B-Instruct"
 BACKENDS = ("transformers", "vllm", "rules")
 RULES_TAGGER = "rules-v2"  # the tag_model identity of the rules backend (part of the score cache key)
+# `filter.scorer.ppl_model=none`: perplexity off, no perplexity model is ever loaded. With backend=rules, the
+# model-free scoring of dry runs at scale (docs/filtering.md); thresholds on perplexity are then a config error.
+PPL_OFF = "none"
+PPL_OFF_FAILURE = "ppl_off"  # the records' ppl_failure: no perplexity by configuration, not by a sample's fault
+
+
+def ppl_off(scorer_cfg) -> bool:
+    """Whether `scorer_cfg` switches perplexity off (`ppl_model: none`)."""
+    v = getattr(scorer_cfg, "ppl_model", None)
+    return isinstance(v, str) and v.strip().lower() == PPL_OFF
+
+
+def model_free(scorer_cfg) -> bool:
+    """Rules tags and no perplexity: scoring loads no model at all (not even the run's)."""
+    return scorer_cfg.backend == "rules" and ppl_off(scorer_cfg)
 
 
 class ScorerBackend(Protocol):
@@ -37,7 +52,7 @@ def model_identity(path_or_id: str) -> str:
     """What a model IS, for cache keys: a Hub id as is; a local folder by its name, config and weights' head, so two
     runs' `checkpoint-500` folders do not collide and moving a folder does not invalidate scores."""
     p = Path(path_or_id)
-    if not p.is_dir():
+    if path_or_id in (PPL_OFF, RULES_TAGGER) or not p.is_dir():
         return path_or_id
     h = hashlib.sha256(p.name.encode())
     for name in ("config.json", "model.safetensors", "model.safetensors.index.json"):
@@ -156,6 +171,8 @@ class TransformersBackend:
             self.timing["generated_tokens"] += generated
 
     def perplexity(self, rows: list[dict[str, Any]]) -> list[PplResult]:
+        if self.ppl_model == PPL_OFF:  # perplexity off: nothing loaded, nothing counted as a model call
+            return [PplResult(None, None, 0, PPL_OFF_FAILURE) for _ in rows]
         if not rows:
             return []
         self.calls["perplexity"] += 1
@@ -245,7 +262,8 @@ class VllmBackend(TransformersBackend):
 
 class RulesBackend(TransformersBackend):
     """Tags and score from `aloevision.scoring.rules` (keywords + answer-type checks, no model); perplexity from the
-    ppl model as usual. For the CPU demo, whose tiny random model cannot tag; see docs/filtering.md."""
+    ppl model as usual, or none with `ppl_model: none` (model-free). For the CPU demo, whose tiny random model cannot
+    tag, and for dry runs of the data chain at scale; see docs/filtering.md."""
 
     def __init__(self, tag_model: str, ppl_model: str, **kwargs):
         super().__init__(RULES_TAGGER, ppl_model, **kwargs)
@@ -273,7 +291,7 @@ def make_backend(
     if backend not in BACKENDS:
         raise ValueError(f"filter.scorer.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     tag_model = scorer_cfg.tag_model or default_model or PAPER_TAG_MODEL
-    ppl_model = scorer_cfg.ppl_model or default_model or PAPER_PPL_MODEL
+    ppl_model = PPL_OFF if ppl_off(scorer_cfg) else (scorer_cfg.ppl_model or default_model or PAPER_PPL_MODEL)
     kwargs: dict[str, Any] = dict(
         device=device, dtype=dtype, trust_remote_code=bool(scorer_cfg.trust_remote_code),
         max_new_tokens=scorer_cfg.max_new_tokens, max_length=max_length, min_pixels=min_pixels,

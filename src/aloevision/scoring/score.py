@@ -8,7 +8,15 @@ import logging
 from typing import Any, Callable, Iterable, Iterator
 
 from aloevision.schema import Sample
-from aloevision.scoring.backends import PAPER_PPL_MODEL, PAPER_TAG_MODEL, ScorerBackend, make_backend, model_identity
+from aloevision.scoring.backends import (
+    PAPER_PPL_MODEL,
+    PAPER_TAG_MODEL,
+    PPL_OFF,
+    RULES_TAGGER,
+    ScorerBackend,
+    make_backend,
+    model_identity,
+)
 from aloevision.scoring.store import IdSet, ScoreRecord, ScoreStore, shard_of
 from aloevision.scoring.taxonomy import parse_output, system_prompt
 from aloevision.utils.fingerprint import fingerprint
@@ -32,7 +40,10 @@ def default_image_loader() -> Callable[[str], Any]:
 
 def scorer_fingerprint(backend: ScorerBackend, scorer_cfg) -> str:
     """Cache key of the scores: models, prompt, generation length, perplexity lengths/pixels, code version.
-    Thresholds and batch size are deliberately absent (the filtering ablation reuses every score)."""
+    Thresholds and batch size are deliberately absent (the filtering ablation reuses every score). Model-free
+    (rules tags, perplexity off) no length or pixel setting can change a score: they are left out too, so every
+    model's dry run shares one store."""
+    free = backend.tag_model == RULES_TAGGER and backend.ppl_model == PPL_OFF
     return fingerprint(
         {
             "version": SCORER_VERSION,
@@ -40,8 +51,8 @@ def scorer_fingerprint(backend: ScorerBackend, scorer_cfg) -> str:
             "ppl_model": model_identity(backend.ppl_model),
             "prompt": system_prompt(),
             "max_new_tokens": scorer_cfg.max_new_tokens,
-            "max_length": getattr(backend, "max_length", None),
-            "pixels": getattr(backend, "pixels", None),
+            "max_length": None if free else getattr(backend, "max_length", None),
+            "pixels": None if free else getattr(backend, "pixels", None),
         }
     )
 

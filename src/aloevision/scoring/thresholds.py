@@ -70,6 +70,16 @@ def thresholds_for(filter_cfg, source: str) -> Thresholds:
     return Thresholds(**vals)
 
 
+def perplexity_thresholds(filter_cfg) -> list[str]:
+    """The config entries that bound perplexity (`filter.default.min_ppl=1.5`, ...): with perplexity off
+    (`filter.scorer.ppl_model=none`) they cannot be applied, and the score stage refuses the config."""
+    out = []
+    per_source = _get(filter_cfg, "per_source") or {}
+    for name, node in [("default", _get(filter_cfg, "default"))] + [(f"per_source.{k}", v) for k, v in per_source.items()]:
+        out += [f"filter.{name}.{k}={_get(node, k)}" for k in ("min_ppl", "max_ppl") if _get(node, k) is not None]
+    return out
+
+
 def decide(record: ScoreRecord | ScoreRow | None, thr: Thresholds) -> tuple[str | None, str]:
     """(None, "") to keep, else (reason, detail)."""
     if not thr.active:

@@ -40,10 +40,14 @@ def shard_spec(cfg, env: dict[str, str] | None = None) -> tuple[int, int]:
 def _open(ctx, shard: int, n_shards: int):
     from aloevision import scoring
 
+    from aloevision.scoring.backends import ppl_off
+
     cfg = ctx.cfg
     sc = cfg.filter.scorer
     default_model = None
-    if not (sc.tag_model and sc.ppl_model):  # the run's model scores: build/locate it only when it is used
+    tag_model_used = sc.backend != "rules"  # the rules backend tags without a model
+    if (tag_model_used and not sc.tag_model) or (not ppl_off(sc) and not sc.ppl_model):
+        # the run's model scores: build/locate it only when it is used (model-free: never)
         from aloevision.model.loading import checkpoint_path
 
         default_model = checkpoint_path(cfg.model, cfg.paths.cache_dir)
@@ -52,6 +56,23 @@ def _open(ctx, shard: int, n_shards: int):
         max_length=int(cfg.model.max_length), min_pixels=int(cfg.model.min_pixels),
         max_pixels=int(cfg.model.max_pixels),
     )
+
+
+def check_perplexity_off(filter_cfg) -> None:
+    """With perplexity off (`filter.scorer.ppl_model=none`), a threshold on perplexity could only drop every sample
+    as missing_perplexity: refuse the config, naming the entries, before anything runs."""
+    from aloevision.config import ConfigError
+    from aloevision.scoring.backends import ppl_off
+    from aloevision.scoring.thresholds import perplexity_thresholds
+
+    if not ppl_off(filter_cfg.scorer):
+        return
+    bounds = perplexity_thresholds(filter_cfg)
+    if bounds:
+        raise ConfigError(
+            f"filter.scorer.ppl_model=none switches perplexity off, but perplexity thresholds are set: "
+            f"{', '.join(bounds)}. Set them to null (e.g. {bounds[0].split('=')[0]}=null), or use filter=model_free "
+            "(rules tags, the paper's score thresholds, no perplexity) for a model-free dry run.")
 
 
 def _training_samples(ctx) -> Iterator[Sample]:
@@ -70,6 +91,7 @@ def _count_lines(ctx) -> int:
 def _score(ctx, shard: int, n_shards: int) -> dict[str, Any]:
     """Score what the store lacks (of this shard); a summary with the model-call counts."""
     from aloevision import scoring
+    from aloevision.scoring.backends import PPL_OFF, PPL_OFF_FAILURE, RULES_TAGGER
     from aloevision.utils.locks import file_lock
 
     cfg = ctx.cfg
@@ -109,7 +131,7 @@ def _score(ctx, shard: int, n_shards: int) -> dict[str, Any]:
                 n_records += 1
                 if rec.parse_failure:
                     parse_failures[rec.parse_failure] += 1
-                if rec.ppl_failure:
+                if rec.ppl_failure and rec.ppl_failure != PPL_OFF_FAILURE:  # off by config is no failure
                     ppl_failures[rec.ppl_failure] += 1
                 for field, tags in rec.oov.items():
                     oov[field] += len(tags)
@@ -121,6 +143,8 @@ def _score(ctx, shard: int, n_shards: int) -> dict[str, Any]:
         "backend": cfg.filter.scorer.backend,
         "tag_model": backend.tag_model,
         "ppl_model": backend.ppl_model,
+        "perplexity": "off" if backend.ppl_model == PPL_OFF else "on",
+        "model_free": backend.tag_model == RULES_TAGGER and backend.ppl_model == PPL_OFF,
         "samples": n_records,  # of this shard, in sources with thresholds
         "computed": computed[0],
         "cached": n_records - computed[0],
@@ -143,7 +167,8 @@ def _write_score_report(out: Path, s: dict[str, Any]) -> Path:
     (out / "score_report.json").write_text(json.dumps(s, indent=1))
     lines = [
         "# Score report", "",
-        f"- scorer: `{s['backend']}` tags `{s['tag_model']}`, perplexity `{s['ppl_model']}`",
+        f"- scorer: `{s['backend']}` tags `{s['tag_model']}`, perplexity `{s['ppl_model']}`"
+        + (" (model-free: no model loaded)" if s.get("model_free") else ""),
         f"- store: `{s['store']}` (shard {s['shard']} of {s['n_shards']})",
         f"- samples: {s['samples']} ({s['computed']} computed, {s['cached']} from the cache); "
         f"model calls: {s['model_calls']}",
@@ -171,6 +196,7 @@ def run(ctx) -> dict[str, Any]:
     if not cfg.filter.enabled:
         log.info("score: filter=%s is disabled, nothing to score", cfg.filter.name)
         return {"skipped": True}
+    check_perplexity_off(cfg.filter)
     shard, n_shards = shard_spec(cfg) if cfg.stage == "score" else (0, 1)
     s = _score(ctx, shard, n_shards)
     md = _write_score_report(ctx.run_dir / OUT_DIR, s)
