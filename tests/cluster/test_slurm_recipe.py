@@ -34,12 +34,13 @@ def test_readme_cluster_recipe_as_separate_slurm_jobs(slurm_cluster, run_launch,
         jobs[name] = _sweep(slurm_cluster, folder, *x, *overrides, timeout=600)
         return _records(jobs[name], n)
 
-    for stage in ("ingest", "hash", "score"):  # 2. the data stages as job arrays
+    for stage in ("ingest", "hash", "score", "tokens"):  # 2. the data stages as job arrays
         recs = submit(stage, f"stage={stage}", "cluster.data_shard=range(0,2)", n=2)
         assert all(r["config"]["cluster"]["data_shard"] == k for k, r in enumerate(recs))
     mix = submit("mix", "stage=mix")[0]  # 3. the mixture, on one node
-    # the arrays did the work: the mixture job decodes no image and calls no scorer
+    # the arrays did the work: the mixture job decodes no image, calls no scorer and tokenizes nothing
     assert mix["stages"]["hash"]["totals"]["computed"] == 0 and mix["stages"]["score"]["computed"] == 0
+    assert mix["stages"]["tokens"]["counted"] == []
     train = submit("train", "stage=train", "upstream=require")[0]  # 4. training: every input must exist already
     assert train["stages"]["upstream"]["mix"]["built"] == 0
     model_dir = Path(train["paths"]["run_dir"])  # the train job's run folder, as the README says

@@ -11,6 +11,12 @@ mixture of a sweep (and a later `stage=plan`) shares them. Each artifact holds, 
 
 The run folder gets `source_stats.json` (all sources of this run, the file to point `plan.stats=` at later) and
 `tokens/report.md`.
+
+Sharding (SLURM job array, like ingest / hash / score): a dedicated `stage=tokens` job with `cluster.data_shards=n > 1`
+running as array task `k` (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, or `cluster.data_shard=k`) counts only its
+blocks of each source's samples (artifact `tokens_shard`); any later job without a shard index (e.g. `stage=mix`)
+assembles them into the `tokens` artifact, byte-identical to an unsharded count, and removes the shards
+(`aloevision.token_stats`). Under `stage=all` or in a sweep an array task is a sweep job, not a data shard.
 """
 
 from __future__ import annotations
@@ -23,14 +29,28 @@ from aloevision.token_stats import (STATS_FILE, ingest_sources, merged_stats, pr
                                     token_artifacts)
 
 
+def _run_shard(ctx, folders: dict[str, str], k: int, n: int) -> dict[str, Any]:
+    counted: list[str] = []
+    arts = token_artifacts(ctx.store, ctx.cfg, folders, shard=(k, n), counted=counted)
+    parts = {key: a.read_json("part.json") for key, a in arts.items()}
+    ctx.tracker.stage_report("tokens", {"shard": [k, n], "parts": parts})
+    return {"shard": [k, n], "parts": {key: str(a.path) for key, a in arts.items()}, "artifacts": {},
+            "counted": sorted(set(counted))}
+
+
 def run(ctx) -> dict[str, Any]:
     from aloevision.planning import write_stats
+    from aloevision.sharding import shard_spec
 
     folders = sample_folders(ctx.results)
     # The reference mixture's other sources are measured too, so a later plan can compute the reference's steps.
     reference = {k: v for k, v in ingest_sources(ctx.store, ctx.cfg, reference_sources(ctx.cfg)).items()
                  if k not in folders}
-    arts = token_artifacts(ctx.store, ctx.cfg, folders | reference)
+    k, n = shard_spec(ctx.cfg, stage="tokens") if ctx.cfg.stage == "tokens" else (0, 1)
+    if n > 1:
+        return _run_shard(ctx, folders | reference, k, n)
+    counted: list[str] = []  # sources tokenized in this job (not cached, not assembled from an array's shards)
+    arts = token_artifacts(ctx.store, ctx.cfg, folders | reference, counted=counted)
     rows = merged_stats(arts)
     reports = {k: a.read_json("report.json") for k, a in arts.items()}
     stats_path = write_stats(ctx.run_dir / STATS_FILE, rows, model=ctx.cfg.model.name,
@@ -49,4 +69,4 @@ def run(ctx) -> dict[str, Any]:
     # other sources (measured only for its step count).
     return {"stats": str(stats_path), "artifacts": {k: str(a.path) for k, a in arts.items() if k in folders},
             "reference_artifacts": {k: str(a.path) for k, a in arts.items() if k in reference}, "sources": rows,
-            "reports": reports}
+            "reports": reports, "counted": sorted(set(counted))}
