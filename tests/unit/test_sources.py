@@ -621,3 +621,41 @@ def test_hub_id_setup_and_embedded_images_stay_inside_allowed_roots(tmp_path):
     assert rule.check(from_shard) is None and rule.check(embedded) is None
     assert embedded.images[0].startswith(str(cache))
     assert PathEscape([cfg.path]).check(embedded)[0] == "path_escape"  # the old single root refused them all
+
+
+def test_parquet_source_decodes_only_the_columns_it_reads(tmp_path, monkeypatch):
+    """Magpie's release carries a 1,024-float `embedding` column the adapter never reads: the parquet reader asks
+    pyarrow for the adapter's columns only, and the samples and drops are those of the same file read whole, and the
+    samples those of the same rows as JSON lines (every key parsed)."""
+    from aloevision.sources import magpie
+
+    rows = []
+    for i in range(40):
+        conv = [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+        if i % 7 == 3:
+            conv = conv[:1]  # no assistant turn: a drop, whose id comes from the `uuid`-less record's `id`
+        rows.append({"conversation": conv, "difficulty": ["easy", "hard"][i % 2], "quality": "good",
+                     "id": f"row-{i}", "embedding": [float(i + j) / 1024 for j in range(1024)],
+                     "model_name": "x" * 100})
+    for d in ("pq/data", "js/data"):
+        (tmp_path / d).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pq" / "data" / "train.parquet")
+    (tmp_path / "js" / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = src("magpie", "magpie", tmp_path / "pq", modality="text", domain="general")
+
+    asked: list = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **kw):
+        asked.append(kw.get("columns"))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    got = run(cfg)
+    assert asked == [["conversation", "difficulty", "quality", "id"]]  # present in the file, in the adapter's order
+    monkeypatch.setattr(magpie, "COLUMNS", None)
+    assert run(cfg) == got and asked[-1] is None  # every column: the same samples and drops
+    monkeypatch.undo()
+    as_jsonl = run(src("magpie", "magpie", tmp_path / "js", modality="text", domain="general", files=["data/*.jsonl"]))
+    assert got[0] == as_jsonl[0] and len(got[0]) == 34 and got[1].keys() == as_jsonl[1].keys()
+    assert set(got[1]) == {f"magpie/train:row-{i}" for i in range(40) if i % 7 == 3}

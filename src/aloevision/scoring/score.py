@@ -140,6 +140,8 @@ def score_samples(
     """
     if backend is None:
         backend = make_backend(scorer_cfg, **backend_kwargs)
+    if image_loader is None and backend.tag_model == RULES_TAGGER and backend.ppl_model == PPL_OFF:
+        image_loader = str  # model-free: the rules read only how many images there are, nothing is decoded
     loader = image_loader or default_image_loader()
     batch_size = max(1, int(scorer_cfg.batch_size))
     pending: list[Sample] = []

@@ -498,13 +498,18 @@ def _iter_csv(path: Path) -> Iterator[Any]:
             yield row
 
 
-def _iter_parquet(path: Path, want: Callable[[int], bool] | None) -> Iterator[Any]:
+def _iter_parquet(path: Path, want: Callable[[int], bool] | None,
+                  columns: Sequence[str] | None = None) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     i = 0
     try:
         pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=1024):
+        # Only the columns the adapter reads (Magpie's 1,024-float embedding column would cost ~10x the decoding
+        # and 4-5x the Arrow memory); a file with none of them is read whole, so its rows are still counted.
+        have = set(pf.schema_arrow.names)
+        cols = [c for c in dict.fromkeys(columns) if c in have] if columns is not None else None
+        for batch in pf.iter_batches(batch_size=1024, columns=cols or None):
             n = batch.num_rows
             if want is not None and not any(want(j) for j in range(i, i + n)):
                 yield from (SKIPPED for _ in range(n))
@@ -516,18 +521,20 @@ def _iter_parquet(path: Path, want: Callable[[int], bool] | None) -> Iterator[An
         yield Malformed(f"{path.name} after row {i}: {type(e).__name__}: {e}; the rest of the file is not read")
 
 
-def read_file(path: Path, want: Callable[[int], bool] | None = None) -> Iterator[Any]:
+def read_file(path: Path, want: Callable[[int], bool] | None = None,
+              columns: Sequence[str] | None = None) -> Iterator[Any]:
     """Rows of a JSON array / JSON lines / parquet / CSV file, streamed (never the whole file in memory); an
     unparsable line or damaged part yields :class:`Malformed` (the readable rows are kept). ``want(i)`` (row index
     within the file) lets a shard skip the rows of other shards cheaply: such rows yield :data:`SKIPPED` (JSON lines
-    are not parsed, parquet batches without a wanted row are not converted to Python)."""
+    are not parsed, parquet batches without a wanted row are not converted to Python). ``columns``: the record keys
+    the caller reads; parquet files decode only those (text formats are parsed whole either way)."""
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix in (".gz",) else path.suffix.lower()
     if not is_regular(path):
         yield Malformed(f"{path}: not a regular file")
         return
     try:
         if suffix == ".parquet":
-            yield from _iter_parquet(path, want)
+            yield from _iter_parquet(path, want, columns)
             return
         if suffix == ".csv":
             yield from _iter_csv(path)
@@ -564,15 +571,21 @@ class RowScope:
 ROW_SCOPE: ContextVar[RowScope | None] = ContextVar("aloevision_row_scope", default=None)
 
 
-def iter_records(ctx: SourceContext) -> Iterator[tuple[str, int, Any]]:
+def iter_records(ctx: SourceContext, columns: Sequence[str] | None = None) -> Iterator[tuple[str, int, Any]]:
     """(file label, row index within that file, record) over all data files, or over the HF dataset. Under a
-    :class:`RowScope` rows of other shards come as :data:`SKIPPED` (one item per row either way)."""
+    :class:`RowScope` rows of other shards come as :data:`SKIPPED` (one item per row either way). ``columns``: every
+    record key the adapter's ``convert`` reads (with :data:`ID_COLUMNS`, which a failed record's drop reads): parquet
+    files and Hub datasets then decode only those; None reads every column."""
     scope = ROW_SCOPE.get()
     want = scope.want if scope is not None else None
     if not ctx.is_local:
         import datasets  # the Hub is only reachable on clusters; tests and the demo use local files
 
         ds = datasets.load_dataset(ctx.path, ctx.hf_config, split=ctx.split, streaming=True)
+        if columns is not None and ds.features:
+            keep = [c for c in dict.fromkeys(columns) if c in ds.features]
+            if keep:
+                ds = ds.select_columns(keep)
         for col, feat in (ds.features or {}).items():  # embedded images as {"bytes", "path"}, never decoded here
             if isinstance(feat, datasets.Image):
                 ds = ds.cast_column(col, datasets.Image(decode=False))
@@ -593,7 +606,7 @@ def iter_records(ctx: SourceContext) -> Iterator[tuple[str, int, Any]]:
         n = 0
         local = None if want is None else (lambda j, o=offset: want(o + j))
         label = FileLabel(path)
-        for n, row in enumerate(read_file(path, local), 1):
+        for n, row in enumerate(read_file(path, local, columns), 1):
             yield label, n - 1, row
         offset += n
 
@@ -855,8 +868,11 @@ def run_adapter(ctx: SourceContext, records: Iterable[tuple[str, int, Any]], con
         yield out
 
 
+ID_COLUMNS = ("id", "uid", "question_id", "image_id")  # where native_id looks: part of every adapter's columns
+
+
 def native_id(rec: dict, fallback: str) -> str:
-    for key in ("id", "uid", "question_id", "image_id"):
+    for key in ID_COLUMNS:
         v = rec.get(key)
         if isinstance(v, bool) or not isinstance(v, (str, int)) or missing(v):
             continue

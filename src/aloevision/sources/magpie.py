@@ -18,7 +18,7 @@ from typing import Iterator
 from aloevision.schema import Drop, Sample
 from aloevision.sources.aloe_text import text_messages
 from aloevision.sources.base import (
-    RecordError, SourceContext, conversations_to_turns, iter_records, missing, native_id, run_adapter,
+    ID_COLUMNS, RecordError, SourceContext, conversations_to_turns, iter_records, missing, native_id, run_adapter,
 )
 
 DEFAULT_FILES = ["data/*.parquet", "*.parquet", "*.jsonl"]
@@ -26,6 +26,8 @@ DEFAULT_IMAGES = None
 LAYOUTS = [["data/*.parquet"], ["*.parquet"], ["*.jsonl"]]  # alternatives: the inventory reports the best match
 META_KEYS = ("difficulty", "quality", "primary_tag", "category", "intent", "reward_model_score")
 HF_ID = "argilla/magpie-ultra-v1.0"
+# Every column `convert` reads: parquet decodes only these (not e.g. the 1,024-float `embedding` column).
+COLUMNS = ("conversation", "messages", *META_KEYS, *ID_COLUMNS)
 
 
 def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
@@ -42,4 +44,4 @@ def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
 
 def read(src) -> Iterator[Sample | Drop]:
     ctx = SourceContext.from_config(src, DEFAULT_FILES, DEFAULT_IMAGES)
-    return run_adapter(ctx, iter_records(ctx), convert)
+    return run_adapter(ctx, iter_records(ctx, COLUMNS), convert)

@@ -32,7 +32,7 @@ from typing import Iterator
 from aloevision.cleaning import sample_key
 from aloevision.images import materialize_bytes
 from aloevision.schema import Drop, Sample, image_part, text_part
-from aloevision.sources.base import RecordError, SourceContext, iter_records, missing, run_adapter
+from aloevision.sources.base import ID_COLUMNS, RecordError, SourceContext, iter_records, missing, run_adapter
 
 DEFAULT_FILES = ["**/*.parquet"]
 DEFAULT_IMAGES = "**/*.tar.zst,images"
@@ -43,6 +43,7 @@ PROMPTS = [
     "What does this image show? Describe the findings.",
 ]
 HF_ID = "UCSC-VLAA/MedTrinity-25M"
+COLUMNS = ("caption", "file_name", "id", "image", "source", *ID_COLUMNS)  # every column `convert` reads
 
 
 def extra_roots(ctx: SourceContext) -> list[str]:
@@ -88,7 +89,7 @@ def convert(ctx: SourceContext, label: str, i: int, rec: dict) -> Sample | Drop:
 def read(src) -> Iterator[Sample | Drop]:
     ctx = SourceContext.from_config(src, DEFAULT_FILES, DEFAULT_IMAGES)
     config_files(ctx, src)
-    return run_adapter(ctx, iter_records(ctx), convert)
+    return run_adapter(ctx, iter_records(ctx, COLUMNS), convert)
 
 
 def config_files(ctx: SourceContext, src) -> None:
