@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from aloevision.config import SourceConfig
-from aloevision.images import image_size, read_image_bytes, split_ref
+from aloevision.images import ImageError, image_size, read_image_bytes, split_ref
 from aloevision.schema import Drop, Sample
 from aloevision.sources import ADAPTERS, MODULES, allowed_roots, read_source, source_inventory
 from aloevision.sources.boxes import parse_qwen2vl_boxes
@@ -659,3 +659,54 @@ def test_parquet_source_decodes_only_the_columns_it_reads(tmp_path, monkeypatch)
     as_jsonl = run(src("magpie", "magpie", tmp_path / "js", modality="text", domain="general", files=["data/*.jsonl"]))
     assert got[0] == as_jsonl[0] and len(got[0]) == 34 and got[1].keys() == as_jsonl[1].keys()
     assert set(got[1]) == {f"magpie/train:row-{i}" for i in range(40) if i % 7 == 3}
+
+
+# ------------------------------------------------------------------------------------------- symlink rule
+
+
+def test_top_level_symlinks_are_trusted_record_escapes_are_not(tmp_path):
+    """Cluster layout: an image archive and an image folder on shared storage, symlinked into the working folder's
+    source folder. Their samples are kept by ingest (the path rule trusts the source folder's own top-level links);
+    a record path with `..`, an absolute path, or a symlink BELOW the top level that leaves its top-level target is
+    still a counted `path_escape` drop."""
+    from aloevision.ingestion import ingest_source
+    from aloevision.sources.base import resolve_in_source
+
+    shared = tmp_path / "gpfs"
+    (shared / "extracted").mkdir(parents=True)
+    with zipfile.ZipFile(shared / "images_0.zip", "w") as z:
+        z.writestr("images/pmc_1.jpg", png(size=(64, 64), fmt="JPEG"))
+    (shared / "extracted" / "b.jpg").write_bytes(png(size=(70, 70), fmt="JPEG"))
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(png(fmt="JPEG"))
+    (shared / "extracted" / "inner_out.jpg").symlink_to(secret)  # inside the linked folder, pointing out of it
+    root = tmp_path / "work" / "pubmedvision"
+    (root / "real").mkdir(parents=True)
+    (root / "images_0.zip").symlink_to(shared / "images_0.zip")  # top level: trusted
+    (root / "images").symlink_to(shared / "extracted")  # top level: trusted
+    (root / "real" / "inner.jpg").symlink_to(shared / "extracted" / "b.jpg")  # below the top level: refused
+
+    conv = [{"from": "human", "value": "What is shown?"}, {"from": "gpt", "value": "A CT scan of the chest."}]
+    images = {"zip": "images/pmc_1.jpg", "folder": "images/b.jpg", "dotdot": "images/../../secret.jpg",
+              "absolute": str(secret), "inner": "real/inner.jpg", "inner_linked": "images/inner_out.jpg"}
+    (root / "PubMedVision_Alignment_VQA.json").write_text(json.dumps(
+        [{"id": k, "image": [v], "conversations": conv} for k, v in images.items()]))
+    out = tmp_path / "out"
+    out.mkdir()
+    ingest_source(src("pubmedvision", "pubmedvision", root), 0, out)
+    kept = {json.loads(line)["id"]: json.loads(line)["images"] for line in open(out / "samples.jsonl")}
+    assert set(kept) == {"pubmedvision/zip", "pubmedvision/folder"}
+    assert split_ref(kept["pubmedvision/zip"][0]) == (str(root / "images_0.zip"), "images/pmc_1.jpg")
+    assert kept["pubmedvision/folder"] == [str((shared / "extracted" / "b.jpg").resolve())]
+    drops = {json.loads(line)["id"]: json.loads(line)["reason"] for line in open(out / "drops.jsonl")}
+    assert drops == {f"pubmedvision/{k}": "path_escape" for k in ("dotdot", "absolute", "inner", "inner_linked")}
+    assert json.loads((out / "report.json").read_text())["drops"] == {"path_escape": 4}
+
+    # the rule itself: top-level links resolve anywhere; absolute, '..' and inner escapes never
+    assert resolve_in_source(root, "images_0.zip") == str((shared / "images_0.zip").resolve())
+    assert resolve_in_source(root, "./images/b.jpg") == str((shared / "extracted" / "b.jpg").resolve())
+    for rel in ("images/../../secret.jpg", str(secret), "/etc/hostname", "real/inner.jpg", "images/inner_out.jpg",
+                "..\\secret.jpg"):
+        with pytest.raises(ImageError) as e:
+            resolve_in_source(root, rel)
+        assert e.value.reason == "path_escape", rel

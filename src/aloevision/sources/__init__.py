@@ -55,11 +55,15 @@ def source_inventory(src) -> dict:
 def allowed_roots(src) -> list[str]:
     """The folders a source's image references may resolve into (the cleaning rule ``path_escape`` checks them):
     the source folder, ``options.image_root`` (the Hub-id setup) and, for adapters that write embedded images out,
-    their image cache (MedTrinity's ``25M_demo``)."""
+    their image cache (MedTrinity's ``25M_demo``); plus the resolved targets of the symlinks at the top level of the
+    source folder and of ``image_root`` (the symlink rule, docs/data.md: shared storage linked into the folder)."""
+    from aloevision.sources.base import top_level_links
+
     roots = [os.fspath(src.path)]
     ctx = _context(src)
     if ctx.options.get("image_root"):
         roots.append(os.fspath(ctx.options["image_root"]))
+    roots += [t for r in list(roots) if os.path.isdir(r) for t in top_level_links(r)]
     extra = getattr(MODULES[src.adapter], "extra_roots", None)
     if extra is not None:
         roots += [os.fspath(r) for r in extra(ctx)]

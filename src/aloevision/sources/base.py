@@ -627,6 +627,45 @@ def missing(value: Any) -> bool:
 # ---------------------------------------------------------------------------------------------- image lookup
 
 
+def top_level_links(root: str | os.PathLike) -> list[str]:
+    """The resolved targets of the symlinks among ``root``'s own entries (not below): archives and image folders on
+    shared storage that the user linked into the source folder. Missing folder or dangling links: none."""
+    out = []
+    try:
+        with os.scandir(root) as it:
+            for e in it:
+                if e.is_symlink():
+                    out.append(os.path.realpath(e.path))
+    except OSError:
+        return []
+    return out
+
+
+def resolve_in_source(root: str | os.PathLike, rel: str) -> str:
+    """A record's image path inside its source folder ``root``, by the symlink rule (docs/data.md, "Symlinks"):
+    ``rel`` must be relative and free of ``..`` (else ``path_escape``, as :func:`resolve_ref`); it may resolve
+    anywhere inside ``root``, or, when its FIRST component is a symlink among ``root``'s own entries, anywhere inside
+    (or exactly at) that link's resolved target. A symlink further down that leaves both is ``path_escape``."""
+    try:
+        return resolve_ref(root, rel)
+    except ImageError as e:
+        if e.reason != "path_escape":
+            raise
+        parts = [p for p in rel.strip().replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or ".." in parts or rel.strip().startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel.strip()):
+            raise  # absolute or '..': never trusted
+        top = os.path.join(os.path.realpath(root), parts[0])
+        if not os.path.islink(top):
+            raise
+        if len(parts) == 1:
+            return os.path.realpath(top)  # a linked file (an archive, an image)
+        try:
+            return resolve_ref(top, "/".join(parts[1:]))  # inside the link's target, whatever it is
+        except ImageError as inner:
+            raise ImageError("path_escape", f"image path {rel!r} leaves its top-level link {parts[0]!r} "
+                                            f"({inner.detail})") from None
+
+
 class ImageLocator:
     """Maps a record's relative image path to an image reference, looking in the source root, the image folders and
     the archives named by ``images`` (a path or glob relative to the root; comma-separated for several).
@@ -690,7 +729,8 @@ class ImageLocator:
                 raise ImageError("path_escape", f"image path {rel!r} contains '..'")
             return self._by_suffix(normalize_member(rel))
         for folder in self.folders:
-            path = resolve_ref(folder, rel)  # raises path_escape
+            # the source folder's own top-level symlinks are trusted; an image folder's are not (raises path_escape)
+            path = resolve_in_source(folder, rel) if folder == self.root else resolve_ref(folder, rel)
             if os.path.isfile(path):
                 return path
         member = normalize_member(rel)
