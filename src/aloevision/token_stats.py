@@ -217,6 +217,7 @@ def token_artifacts(store, cfg, folders: dict[str, str], shard: tuple[int, int] 
             for part in parts:  # no later job reads a shard of an assembled artifact
                 shutil.rmtree(part, ignore_errors=True)
             continue
+
         def build_whole(tmp: Path, f=folder, name=key) -> None:
             counted.append(name)
             count_source(f, counter, name, tmp)
