@@ -200,3 +200,8 @@ def test_model_free_key_is_model_independent_and_perplexity_thresholds_are_refus
     with pytest.raises(ConfigError, match=r"filter\.per_source\.pubmedvision\.min_ppl=1\.5"):
         check_perplexity_off(compose(["filter=paper", "filter.scorer.backend=rules", "filter.scorer.ppl_model=none"],
                                      root=tmp_path).filter)
+    # the stage's pre-flight check: refused before ingest or anything else of the job runs
+    from aloevision.pipeline import stage_problems
+
+    bad = compose(["stage=filter", "filter=model_free", "filter.default.max_ppl=50"], root=tmp_path)
+    assert any("filter.default.max_ppl=50" in p for p in stage_problems(bad, ["ingest", "score", "filter"]))

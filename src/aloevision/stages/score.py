@@ -58,6 +58,12 @@ def _open(ctx, shard: int, n_shards: int):
     )
 
 
+def check(cfg) -> None:
+    """Config problems found before any stage of the job runs (pre-flight lists them with the others)."""
+    if cfg.filter.enabled:
+        check_perplexity_off(cfg.filter)
+
+
 def check_perplexity_off(filter_cfg) -> None:
     """With perplexity off (`filter.scorer.ppl_model=none`), a threshold on perplexity could only drop every sample
     as missing_perplexity: refuse the config, naming the entries, before anything runs."""
