@@ -3,7 +3,8 @@
 (before) vs the adapter's columns (after). Each read runs in its own child process: wall time of reading every
 sample, peak RSS above the process's imports, and pyarrow's peak allocation.
 
-    PYTHONPATH=src python benchmarks/parquet_columns_bench.py [--rows 25000] [--out benchmarks/results/parquet_columns.json]
+    PYTHONPATH=src python benchmarks/parquet_columns_bench.py [--rows 25000] \
+        [--out benchmarks/results/parquet_columns.json]
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def make(path: Path, rows: int) -> None:
     batch = []
     writer = None
     for i in range(rows):
-        batch.append({"conversation": [{"role": "user", "content": text(40)}, {"role": "assistant", "content": text(300)}],
+        conv = [{"role": "user", "content": text(40)}, {"role": "assistant", "content": text(300)}]
+        batch.append({"conversation": conv,
                       "difficulty": "easy", "quality": "good", "primary_tag": "Reasoning", "model_name": "llama",
                       "id": f"m{i}", "embedding": [rng.random() for _ in range(1024)]})
         if len(batch) == 5000 or i == rows - 1:

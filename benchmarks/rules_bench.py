@@ -102,7 +102,8 @@ def main() -> None:
     res = {"samples": args.samples, "mean_chars": round(chars / args.samples), "before_s": round(t_before, 2),
            "after_s": round(t_after, 2), "before_samples_per_s": round(args.samples / t_before),
            "after_samples_per_s": round(args.samples / t_after), "speedup": round(t_before / t_after, 1),
-           "outputs_differing": differ, "model_free_score_engine_samples_per_s": round(n_scored / t_stage), "python": platform.python_version(), "machine": platform.machine()}
+           "outputs_differing": differ, "model_free_score_engine_samples_per_s": round(n_scored / t_stage),
+           "python": platform.python_version(), "machine": platform.machine()}
     print(json.dumps(res, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

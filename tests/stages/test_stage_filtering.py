@@ -196,7 +196,8 @@ def test_model_free_key_is_model_independent_and_perplexity_thresholds_are_refus
     assert store_of() == store_of("model=qwen2vl_7b") != store_of("filter.scorer.ppl_model=Qwen/Qwen2-VL-7B-Instruct")
     check_perplexity_off(compose(["filter=model_free", "model=qwen2vl_7b"], root=tmp_path).filter)
     with pytest.raises(ConfigError, match=r"filter\.per_source\.medmax\.max_ppl=80.*filter=model_free"):
-        check_perplexity_off(compose(["filter=model_free", "filter.per_source.medmax.max_ppl=80"], root=tmp_path).filter)
+        check_perplexity_off(compose(["filter=model_free", "filter.per_source.medmax.max_ppl=80"],
+                                     root=tmp_path).filter)
     with pytest.raises(ConfigError, match=r"filter\.per_source\.pubmedvision\.min_ppl=1\.5"):
         check_perplexity_off(compose(["filter=paper", "filter.scorer.backend=rules", "filter.scorer.ppl_model=none"],
                                      root=tmp_path).filter)

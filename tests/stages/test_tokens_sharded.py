@@ -67,6 +67,8 @@ def test_sharded_tokens_assembled_equal_unsharded(tmp_path, demo_dir, monkeypatc
     assert dropped > 0
     assert whole["sources"] == assembled["sources"]
     assert assembled["counted"] == [] and sorted(whole["counted"]) == sorted(whole["artifacts"])
+    record = json.loads((tmp_path / "asm" / "run" / "run_record.json").read_text())
+    assert record["stages"]["tokens"]["counted"] == []  # what the README recipe's test reads from the mix job
     assert all(sorted(s["counted"]) == sorted(s["parts"]) for s in shards)
     assert not any(Path(p).exists() for s in shards for p in s["parts"].values())  # shards removed once assembled
     assert not list((tmp_path / "cache_b" / "tokens_shard").glob("*/_SUCCESS"))

@@ -75,7 +75,8 @@ def perplexity_thresholds(filter_cfg) -> list[str]:
     (`filter.scorer.ppl_model=none`) they cannot be applied, and the score stage refuses the config."""
     out = []
     per_source = _get(filter_cfg, "per_source") or {}
-    for name, node in [("default", _get(filter_cfg, "default"))] + [(f"per_source.{k}", v) for k, v in per_source.items()]:
+    entries = [("default", _get(filter_cfg, "default"))] + [(f"per_source.{k}", v) for k, v in per_source.items()]
+    for name, node in entries:
         out += [f"filter.{name}.{k}={_get(node, k)}" for k in ("min_ppl", "max_ppl") if _get(node, k) is not None]
     return out
 

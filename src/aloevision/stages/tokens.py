@@ -33,7 +33,7 @@ def _run_shard(ctx, folders: dict[str, str], k: int, n: int) -> dict[str, Any]:
     counted: list[str] = []
     arts = token_artifacts(ctx.store, ctx.cfg, folders, shard=(k, n), counted=counted)
     parts = {key: a.read_json("part.json") for key, a in arts.items()}
-    ctx.tracker.stage_report("tokens", {"shard": [k, n], "parts": parts})
+    ctx.tracker.stage_report("tokens", {"shard": [k, n], "parts": parts, "counted": sorted(set(counted))})
     return {"shard": [k, n], "parts": {key: str(a.path) for key, a in arts.items()}, "artifacts": {},
             "counted": sorted(set(counted))}
 
@@ -63,7 +63,8 @@ def run(ctx) -> dict[str, Any]:
     md = write_table(ctx.tracker, "tokens/stats", ctx.run_dir / "tokens" / "report.md",
                      f"Token statistics (model={ctx.cfg.model.name}, max_length={ctx.cfg.model.max_length})", cols,
                      table, [f"Plan from these statistics later: `python launch.py stage=plan plan.stats={stats_path}`"])
-    ctx.tracker.stage_report("tokens", {"stats": str(stats_path), "reports": reports})
+    # counted: the sources tokenized in this job (empty when the cache or an array's shards had them all)
+    ctx.tracker.stage_report("tokens", {"stats": str(stats_path), "reports": reports, "counted": sorted(set(counted))})
     ctx.tracker.add_paths(source_stats=stats_path, tokens_report=md)
     # "artifacts": the mixture's own folders (what mix trains on); "reference_artifacts": the reference mixture's
     # other sources (measured only for its step count).
