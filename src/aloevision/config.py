@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGES = ("all", "plan", "ingest", "hash", "leakage", "score", "filter", "adversarial", "tokens", "mix", "train", "eval",
-          "report")
+STAGES = ("all", "plan", "ingest", "hash", "leakage", "score", "filter", "adversarial", "tokens", "images", "mix",
+          "export", "train", "eval", "report")
 CATEGORIES = ("medical_multimodal", "medical_text", "general_multimodal", "general_text")
 
 
@@ -285,6 +285,14 @@ class ReportConfig:
 
 @dataclass
 class MixConfig:
+    # Deprecated here: the portable export is what gets published (`export.push_to_hub`); still honoured by export.
+    push_to_hub: Optional[str] = None
+
+
+@dataclass
+class ExportConfig:
+    """`stage=export`: the mixture as portable parquet with the images embedded (docs/data.md)."""
+    max_shard_bytes: int = 1_000_000_000  # a shard is closed before it passes this many bytes of rows + images
     push_to_hub: Optional[str] = None  # a Hub dataset repo id; uploaded only when credentials exist
 
 
@@ -319,6 +327,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 

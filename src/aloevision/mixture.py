@@ -12,7 +12,10 @@ from aloevision.ingestion import iter_samples
 from aloevision.token_stats import STATS_FILE, iter_token_records
 
 
-def features():
+def features(embedded: bool = False):
+    """The mixture's row features: TRL's vision SFT format (`messages` + `images`) plus `id`, `source`, `category`.
+    In the mixture artifact `images` holds image-store keys (strings, `aloevision.image_store`); in the portable
+    export (`embedded=True`) the images themselves (`datasets` Image: encoded bytes)."""
     from datasets import Features, Image, List, Value
 
     part = {"type": Value("string"), "text": Value("string")}
@@ -22,7 +25,7 @@ def features():
             "source": Value("string"),
             "category": Value("string"),
             "messages": List({"role": Value("string"), "content": List(part)}),
-            "images": List(Image()),
+            "images": List(Image()) if embedded else List(Value("string")),
         }
     )
 
@@ -73,17 +76,33 @@ def available_stats(tokens_dirs: dict[str, str], excluded: set[str]) -> tuple[li
     return stats, skipped
 
 
-def mixture_rows(ingest_dirs: dict[str, str], tokens_dirs: dict[str, str], excluded: set[str],
-          fractions: dict[str, float], seed: int) -> Iterator[dict[str, Any]]:
-    from aloevision.images import read_image_bytes
+def iter_image_keys(folder: str | Path) -> Iterator[dict[str, Any]]:
+    """The `images` stage's records of a folder of samples (`{"id", "keys"}`, aligned with its samples.jsonl)."""
+    with open(Path(folder) / "keys.jsonl") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def mixture_rows(ingest_dirs: dict[str, str], tokens_dirs: dict[str, str], keys_dirs: dict[str, str],
+                 excluded: set[str], fractions: dict[str, float], seed: int,
+                 skipped: dict[str, int] | None = None) -> Iterator[tuple[dict[str, Any], int]]:
+    """(row, loss tokens) of every selected row, images named by their image-store keys (no image is read).
+    Samples whose image the `images` stage could no longer read are skipped, counted in
+    `skipped["image_unavailable"]`."""
     from aloevision.planning import copies_for
 
+    skipped = {} if skipped is None else skipped
     for key in sorted(ingest_dirs):
-        for s, rec in zip(iter_samples(ingest_dirs[key]), iter_token_records(tokens_dirs[key]), strict=True):
-            if rec["id"] != s.id:
-                raise RuntimeError(f"tokens artifact {tokens_dirs[key]} is out of step with {ingest_dirs[key]} "
-                                   f"({rec['id']} != {s.id}); delete it to rebuild")
+        for s, rec, keys in zip(iter_samples(ingest_dirs[key]), iter_token_records(tokens_dirs[key]),
+                                iter_image_keys(keys_dirs[key]), strict=True):
+            if rec["id"] != s.id or keys["id"] != s.id:
+                bad = tokens_dirs[key] if rec["id"] != s.id else keys_dirs[key]
+                raise RuntimeError(f"artifact {bad} is out of step with {ingest_dirs[key]} "
+                                   f"({rec['id'] if rec['id'] != s.id else keys['id']} != {s.id}); delete it to rebuild")
             if "drop" in rec or s.id in excluded:
+                continue
+            if any(k is None for k in keys["keys"]):
+                skipped["image_unavailable"] = skipped.get("image_unavailable", 0) + 1
                 continue
             k = copies_for(s.id, s.source, fractions.get(s.source, 1.0), seed)
             if not k:
@@ -92,10 +111,9 @@ def mixture_rows(ingest_dirs: dict[str, str], tokens_dirs: dict[str, str], exclu
                 {"role": m["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in m["content"]]}
                 for m in s.messages
             ]
-            images = [{"bytes": read_image_bytes(ref), "path": None} for ref in s.images]
             for c in range(k):  # repeats (fraction > 1) get distinct ids
-                yield {"id": s.id if c == 0 else f"{s.id}#{c}", "source": s.source, "category": s.category,
-                       "messages": messages, "images": images, "loss_tokens": rec["loss"]}
+                yield ({"id": s.id if c == 0 else f"{s.id}#{c}", "source": s.source, "category": s.category,
+                        "messages": messages, "images": list(keys["keys"])}, rec["loss"])
 
 
 def mixture_with_built_sources(cfg, results: dict[str, Any]):
@@ -127,13 +145,34 @@ def build_plan(cfg, results: dict[str, Any], stats: list) -> dict[str, Any]:
     return plan.to_dict()
 
 
-def load_mixture(mix: dict[str, Any], cache_dir: str | Path):
-    """A built mixture (the mix stage's result) as a `datasets.Dataset`."""
-    from datasets import load_dataset
+def mixture_files(mix: dict[str, Any] | str | Path) -> list[Path]:
+    """The row files of a built mixture (the mix stage's result, or its artifact / data folder), in order."""
+    if isinstance(mix, dict):
+        mix = mix["data"]
+    d = Path(mix)
+    d = d / "data" if (d / "data").is_dir() else d
+    files = sorted(d.glob("train-*.arrow"))
+    if not files:
+        raise FileNotFoundError(f"no mixture row files (train-*.arrow) in {d}")
+    return files
 
-    return load_dataset(
-        "parquet",
-        data_files=str(Path(mix["data"]) / "*.parquet"),
-        split="train",
-        cache_dir=str(Path(cache_dir) / "hf_datasets"),
-    )
+
+def load_mixture(mix: dict[str, Any] | str | Path, cache_dir: str | Path | None = None):
+    """A built mixture as a `datasets.Dataset`, memory-mapped from the artifact's Arrow files: no copy is made (no
+    `datasets` cache). Its `images` are image-store keys: resolve them with `image_store_of(mix)` (the training
+    collator does). `cache_dir` is unused (kept for callers of the older signature)."""
+    from datasets import Dataset, concatenate_datasets
+
+    parts = [Dataset.from_file(str(f)) for f in mixture_files(mix)]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def image_store_of(mix: dict[str, Any] | str | Path):
+    """The image store a built mixture's keys refer to (recorded in its `mixture.json`)."""
+    from aloevision.image_store import ImageStore
+
+    if isinstance(mix, dict) and mix.get("image_store"):
+        return ImageStore(mix["image_store"])
+    d = Path(mix["path"] if isinstance(mix, dict) else mix)
+    d = d.parent if d.name == "data" else d
+    return ImageStore(json.loads((d / "mixture.json").read_text())["image_store"])

@@ -1,26 +1,31 @@
-"""Stage `mix`: the ready-to-train mixture, a Hugging Face dataset of parquet shards with the images embedded,
-rebalanced by loss tokens.
+"""Stage `mix`: the ready-to-train mixture, rebalanced by loss tokens: row tables in TRL's vision SFT format whose
+images are keys into the shared image store (stage `images`), so a mixture costs only its rows.
 
-Rows are exactly TRL's vision SFT format (`messages` + `images`, plus `id`, `source`, `category`), so the released
-mixture trains with any TRL setup and no project code: `load_dataset("parquet", data_dir=<artifact>/data)`.
+Rows are TRL's vision SFT format (`messages` + `images`, plus `id`, `source`, `category`) with `images` holding
+image-store keys; training resolves them (`aloevision.training.collator`). The row tables are Arrow IPC stream files
+(`data/train-XXXXX-of-YYYYY.arrow`) that `datasets.Dataset.from_file` memory-maps: training reads them in place, with
+no `datasets` cache copy. For publishing, or training outside the project, `stage=export` writes portable parquet with
+the images embedded.
 
-Steps, all streaming (one sample in memory at a time; `datasets` writes Arrow in batches):
+Steps, all streaming (row text in small batches; no image is read):
 1. the per-sample token statistics of every source (stage `tokens`, cached);
 2. the available statistics: samples not removed upstream (leakage, filter: by id) and trainable
    (`too_many_tokens` and other token-stage drops excluded);
 3. the plan (`aloevision.planning`): per-source sampling fractions meeting `mixture.targets` in loss tokens, and the
    training arithmetic (total steps) the trainer follows;
 4. selection (seeded hash of the id, `planning.copies_for`): `copies` rows per kept sample;
-5. the Table 1-style composition (markdown, CSV, W&B table; requested vs observed) and a token-allocation chart.
+5. interleaving: each row goes to file `h % files` and files are ordered by `h`, with `h` a seeded hash of the row
+   id, so sources are interleaved and any subset of the files is a fair sample (an external shuffle: memory is one
+   file's rows, whatever the mixture's size);
+6. the Table 1-style composition (markdown, CSV, W&B table; requested vs observed) and a token-allocation chart.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
-import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,41 +34,67 @@ from aloevision.ingestion import sample_folders
 from aloevision.mixture import available_stats, build_plan, excluded_ids, features, mixture_rows
 
 log = logging.getLogger(__name__)
-MIX_VERSION = "3"  # 3: rows interleaved by a seeded shuffle
-ROWS_PER_SHARD = 5000
+MIX_VERSION = "4"  # 4: rows name images by image-store key; Arrow IPC row tables
+ROWS_PER_FILE = 50_000  # rows per file (row text only: ~1-2 KB a row)
+BATCH_ROWS = 512  # rows buffered per file before an Arrow record batch is written
 
 
-def _build(ingest_dirs, tokens_dirs, excluded, plan: dict, seed: int, out: Path) -> None:
-    from datasets import Dataset, Value
+def row_hash(row_id: str, seed: int) -> int:
+    """The seeded 63-bit hash that places a row: its file (h % files) and its position in the file (by h)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{row_id}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _build(ingest_dirs, tokens_dirs, keys_dirs, excluded, plan: dict, seed: int, image_store: str, out: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
 
     fractions = {s["name"]: s["fraction"] for s in plan["sources"]}
-    gen = {"ingest_dirs": ingest_dirs, "tokens_dirs": tokens_dirs, "excluded": excluded, "fractions": fractions,
-           "seed": seed}
-    feats = features()
-    feats["loss_tokens"] = Value("int64")
-    # The generator's Arrow files go to a scratch folder inside the artifact's temporary build folder and are deleted
-    # once the parquet shards exist: the store keeps one copy of the mixture, not two.
-    scratch = out / ".arrow"
-    ds = Dataset.from_generator(mixture_rows, gen_kwargs=gen, features=feats, cache_dir=str(scratch))
+    schema = features().arrow_schema
+    tmp_schema = schema.append(pa.field("_h", pa.int64()))
+    n_files = max(1, -(-int(plan.get("samples") or 0) // ROWS_PER_FILE))
+    scratch = out / ".buckets"
+    scratch.mkdir()
+    writers = [pa.ipc.new_stream(str(scratch / f"{i}.arrow"), tmp_schema) for i in range(n_files)]
+    buffers: list[list[dict]] = [[] for _ in range(n_files)]
+
+    def flush(i: int) -> None:
+        if buffers[i]:
+            writers[i].write_batch(pa.RecordBatch.from_pylist(buffers[i], schema=tmp_schema))
+            buffers[i] = []
+
     observed: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for batch in ds.select_columns(["source", "category", "loss_tokens"]).iter(batch_size=10_000):
-        for s, c, lt in zip(batch["source"], batch["category"], batch["loss_tokens"]):
-            o = observed[(s, c)]
-            o[0] += 1
-            o[1] += lt
-    # Rows come out source by source: a seeded shuffle interleaves them, so any subset of the shards (a partial
-    # download, a streaming reader that stops early) is a fair sample of the mixture.
-    ds = ds.remove_columns(["loss_tokens"]).shuffle(seed=seed)  # the released rows are TRL's format only
+    skipped: dict[str, int] = {}
+    for row, loss in mixture_rows(ingest_dirs, tokens_dirs, keys_dirs, excluded, fractions, seed, skipped):
+        o = observed[(row["source"], row["category"])]
+        o[0] += 1
+        o[1] += loss
+        h = row_hash(row["id"], seed)
+        i = h % n_files
+        buffers[i].append({**row, "_h": h})
+        if len(buffers[i]) >= BATCH_ROWS:
+            flush(i)
+    for i, w in enumerate(writers):
+        flush(i)
+        w.close()
     data = out / "data"
-    data.mkdir(parents=True)
-    n_shards = max(1, -(-len(ds) // ROWS_PER_SHARD))
-    for i in range(n_shards):
-        ds.shard(n_shards, i, contiguous=True).to_parquet(str(data / f"train-{i:05d}-of-{n_shards:05d}.parquet"))
-    del ds
-    shutil.rmtree(scratch)
+    data.mkdir()
+    for i in range(n_files):  # one file's rows in memory at a time
+        src = scratch / f"{i}.arrow"
+        with pa.memory_map(str(src)) as f:
+            table = pa.ipc.open_stream(f).read_all()
+        order = np.argsort(table.column("_h").to_numpy(), kind="stable")
+        table = table.take(pa.array(order)).drop_columns(["_h"]).replace_schema_metadata(schema.metadata)
+        with pa.ipc.new_stream(str(data / f"train-{i:05d}-of-{n_files:05d}.arrow"), schema) as w:
+            w.write_table(table, max_chunksize=10_000)
+        del table
+        src.unlink()
+    scratch.rmdir()
     comp = composition(plan, observed)
     (out / "composition.json").write_text(json.dumps(comp, indent=1))
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
+    (out / "mixture.json").write_text(json.dumps({"format": "image-store keys", "image_store": image_store,
+                                                  "files": n_files, "rows": sum(v[0] for v in observed.values()),
+                                                  "skipped": skipped}, indent=1))
     write_composition(out, comp)
 
 
@@ -177,47 +208,30 @@ def _chart(path: Path, comp: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def push_to_hub(ctx, data_dir: Path) -> str | None:
-    """Upload the parquet shards when `mix.push_to_hub=<repo id>` is set AND Hub credentials exist; never fails
-    the run."""
-    from aloevision.planning import _get
-
-    repo = _get(_get(ctx.cfg, "mix"), "push_to_hub")
-    if not repo:
-        return None
-    try:
-        from huggingface_hub import HfApi, get_token
-
-        if not (get_token() or os.environ.get("HF_TOKEN")):
-            log.warning("mix.push_to_hub=%s: no Hugging Face credentials; not pushed", repo)
-            return None
-        api = HfApi()
-        api.create_repo(str(repo), repo_type="dataset", exist_ok=True, private=True)
-        api.upload_folder(folder_path=str(data_dir), path_in_repo="data", repo_id=str(repo), repo_type="dataset")
-        return str(repo)
-    except Exception as e:  # an upload must never lose the built mixture
-        log.warning("push_to_hub %s failed: %s", repo, e)
-        return None
-
-
 def run(ctx) -> dict[str, Any]:
+    from aloevision.image_store import store_root
+
     cfg = ctx.cfg
     sources = sample_folders(ctx.results)
     tokens_dirs = dict(ctx.results["tokens"]["artifacts"])
+    keys_dirs = dict(ctx.results["images"]["artifacts"])
     excluded = excluded_ids(ctx.results)
     stats, skipped = available_stats(tokens_dirs, excluded)
     plan = build_plan(cfg, ctx.results, stats)
+    store = str(store_root(cfg.paths.cache_dir))
     key = {
         "ingest": {k: Path(v).name for k, v in sources.items()},
         "tokens": {k: Path(v).name for k, v in tokens_dirs.items()},
+        "images": {k: Path(v).name for k, v in keys_dirs.items()},
         "excluded": sorted(excluded),
         "fractions": {s["name"]: round(s["fraction"], 9) for s in plan["sources"]},
         "seed": int(cfg.seed),
         "version": MIX_VERSION,
     }
     art = ctx.store.get_or_build(
-        "mix", key, lambda tmp: _build(sources, tokens_dirs, excluded, plan, int(cfg.seed), tmp))
+        "mix", key, lambda tmp: _build(sources, tokens_dirs, keys_dirs, excluded, plan, int(cfg.seed), store, tmp))
     comp = art.read_json("composition.json")
+    skipped.update(art.read_json("mixture.json").get("skipped", {}))
     # The run's own plan (training arithmetic can differ between runs sharing one mixture artifact).
     (ctx.run_dir / "plan.json").write_text(json.dumps(plan, indent=1))
     out = ctx.run_dir / "mix"
@@ -228,13 +242,12 @@ def run(ctx) -> dict[str, Any]:
     ctx.tracker.image("mix/token_allocation", art.path / "token_allocation.png", caption="loss-token allocation")
     total = next(r for r in comp if r["level"] == "total")
     tr = plan.get("training") or {}
+    rows_bytes = sum(f.stat().st_size for f in (art.path / "data").iterdir())
     ctx.tracker.summary({"mix/samples": total["samples"], "mix/loss_tokens": total["loss_tokens"],
-                         **({"mix/total_steps": tr["total_steps"]} if tr else {})})
-    pushed = push_to_hub(ctx, art.path / "data")
+                         "mix/row_bytes": rows_bytes, **({"mix/total_steps": tr["total_steps"]} if tr else {})})
     ctx.tracker.stage_report("mix", {"artifact": str(art.path), "samples": total["samples"], "skipped": skipped,
-                                     "composition": comp, "training": tr, "pushed": pushed})
+                                     "composition": comp, "training": tr, "row_bytes": rows_bytes,
+                                     "image_store": store})
     ctx.tracker.add_paths(mixture=art.path / "data", composition=out / "composition.md")
     return {"path": str(art.path), "data": str(art.path / "data"), "samples": total["samples"],
-            "composition": comp, "plan": plan, "skipped": skipped}
-
-
+            "composition": comp, "plan": plan, "skipped": skipped, "image_store": store, "row_bytes": rows_bytes}

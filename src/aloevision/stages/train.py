@@ -1,5 +1,6 @@
 """Stage `train`: SFT of Qwen2-VL with TRL's SFTTrainer on the mixture (TRL `messages` + `images` rows), loss on
-assistant tokens only (the label mask of `aloevision.model.masking`).
+assistant tokens only (the label mask of `aloevision.model.masking`). The mixture's Arrow row files are memory-mapped
+(no copy); its images are keys into the image store, read and decoded by the collator batch by batch.
 
 Hyper-parameters come from `model.recipe` (paper Table 6); `train.*` holds run-level switches and overrides. A
 second stage (`train.init_from=<run folder or checkpoint>`) starts from a first-stage model. Checkpoints live in the
@@ -101,7 +102,7 @@ def run(ctx) -> dict[str, Any]:
     from trl import SFTTrainer
 
     from aloevision.model.loading import checkpoint_path, load_model, load_processor_for
-    from aloevision.mixture import load_mixture
+    from aloevision.mixture import image_store_of, load_mixture
     from aloevision.training import arguments as targs
     from aloevision.training import deepspeed_config as dsc
     from aloevision.training.interrupt import CheckpointOnSignal
@@ -109,7 +110,8 @@ def run(ctx) -> dict[str, Any]:
 
     cfg = ctx.cfg
     tracker = ctx.tracker
-    train_ds = _main_first(dist_env, lambda: load_mixture(ctx.results["mix"], cfg.paths.cache_dir))
+    # The mixture's row files, memory-mapped in place (no copy); its images are image-store keys the collator reads.
+    train_ds = _main_first(dist_env, lambda: load_mixture(ctx.results["mix"]))
     plan = batch_plan(cfg, len(train_ds), (ctx.results.get("mix") or {}).get("plan"))
     if plan["world_size"] != dist_env.world_size:
         raise ConfigError(f"train.world_size={plan['world_size']} but this job has {dist_env.world_size} ranks "
@@ -189,7 +191,8 @@ def run(ctx) -> dict[str, Any]:
                 every = [stats]
             partition.update(per_rank=every, sharded=any(s["local_numel"] < s["full_numel"] for s in every))
 
-    collator = build_training_collator(processor, int(cfg.model.max_length))
+    collator = build_training_collator(processor, int(cfg.model.max_length),
+                                       image_store=image_store_of(ctx.results["mix"]))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor,
                          data_collator=collator, callbacks=[ForwardToTracker(), PartitionReport(), on_signal])
     if resume:

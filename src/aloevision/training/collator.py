@@ -82,16 +82,20 @@ def add_dummy_image(batch: dict[str, Any], dummy: DummyImage) -> dict[str, Any]:
     return out
 
 
-def decoded_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def decoded_rows(rows: list[dict[str, Any]], image_store: Any = None) -> list[dict[str, Any]]:
     """Rows with every image through `aloevision.images.decode_image`, the decode ingest validated with (EXIF
     orientation, 16-bit/alpha/palette modes to RGB), so training sees the pixels ingest, scoring, evaluation and the
-    attacks see. Images arrive as PIL images (the mixture's `datasets` Image feature), bytes dicts or references."""
+    attacks see. Images arrive as image-store keys (the mixture's rows: resolved through `image_store`, an
+    `aloevision.image_store.ImageStore`, to the very bytes the source shipped), PIL images (a `datasets` Image
+    feature, e.g. the export), bytes dicts or references."""
     from aloevision.images import decode_image
 
     out = []
     for row in rows:
         images = row.get("images")
         if images:
+            if image_store is not None:
+                images = [image_store.get(im) if isinstance(im, str) else im for im in images]
             row = {**row, "images": [decode_image(im) for im in images]}
         out.append(row)
     return out
@@ -100,11 +104,12 @@ def decoded_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class DecodingCollator:
     """A collator whose rows' images go through the shared decode first (used when there is no dummy image)."""
 
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], image_store: Any = None) -> None:
         self.collator = collator
+        self.image_store = image_store
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.collator(decoded_rows(rows))
+        return self.collator(decoded_rows(rows, self.image_store))
 
 
 class DummyImageCollator:
@@ -112,14 +117,16 @@ class DummyImageCollator:
     image (see the module docstring). `dummy_batches` counts the batches that got the dummy (reported by the train
     stage)."""
 
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], processor: Any) -> None:
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], processor: Any,
+                 image_store: Any = None) -> None:
         self.collator = collator
         self.dummy = DummyImage(processor)
+        self.image_store = image_store
         self.dummy_batches = 0
         self.batches = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.collator(decoded_rows(rows))
+        batch = self.collator(decoded_rows(rows, self.image_store))
         self.batches += 1
         if batch.get("pixel_values") is None:
             self.dummy_batches += 1
@@ -127,10 +134,13 @@ class DummyImageCollator:
         return batch
 
 
-def build_training_collator(processor: Any, max_length: int | None, *, dummy_image: bool = True):
+def build_training_collator(processor: Any, max_length: int | None, *, dummy_image: bool = True,
+                            image_store: Any = None):
     """The collator the train stage gives SFTTrainer: TRL's vision collator with the project's label mask, wrapped
-    with the masked dummy image (needed under ZeRO-3; harmless and cheap elsewhere)."""
+    with the masked dummy image (needed under ZeRO-3; harmless and cheap elsewhere). With `image_store`, string
+    images are image-store keys (the mixture's rows) and are read from it."""
     from aloevision.model.masking import build_collator
 
     base = build_collator(processor, max_length)
-    return DummyImageCollator(base, processor) if dummy_image else DecodingCollator(base)
+    return (DummyImageCollator(base, processor, image_store) if dummy_image
+            else DecodingCollator(base, image_store))
