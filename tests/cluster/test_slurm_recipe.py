@@ -15,10 +15,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def _ids(rec: dict) -> list[str]:
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     data = Path(rec["stages"]["mix"]["artifact"]) / "data"
-    return [i for f in sorted(data.glob("*.parquet")) for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
+    return [i for f in sorted(data.glob("*.arrow")) for i in pa.ipc.open_stream(pa.memory_map(str(f))).read_all()["id"].to_pylist()]
 
 
 def test_readme_cluster_recipe_as_separate_slurm_jobs(slurm_cluster, run_launch, tmp_path, session_root):

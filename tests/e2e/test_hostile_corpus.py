@@ -60,17 +60,17 @@ def test_hostile_corpus_through_ingest_tokens_mix_and_train(run_launch, tmp_path
     assert rec["stages"]["train"]["train/global_step"] == 2
 
     # Every kept sample is trainable: the training collator (the shared decode + TRL's collator) takes each row.
-    import datasets
     from omegaconf import OmegaConf
+
+    from aloevision.mixture import image_store_of, load_mixture
 
     from aloevision.model.loading import load_processor_for
     from aloevision.training.collator import build_training_collator
 
-    ds = datasets.load_dataset("parquet", data_files=str(Path(mix["artifact"]) / "data" / "*.parquet"), split="train",
-                               cache_dir=str(tmp_path / "hf"))
+    ds = load_mixture(mix["artifact"])
     model_cfg = OmegaConf.create(rec["config"]["model"])
     processor = load_processor_for(model_cfg, tiny_path)
-    collate = build_training_collator(processor, int(model_cfg.max_length))
+    collate = build_training_collator(processor, int(model_cfg.max_length), image_store=image_store_of(mix["artifact"]))
     assert {r["id"] for r in ds} == kept_ids - TOO_LONG
     for row in ds:
         batch = collate([row])

@@ -57,10 +57,10 @@ def _record(run_dir: Path) -> dict:
 
 
 def _mixture_ids(rec: dict) -> list[str]:
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     data = Path(rec["stages"]["mix"]["artifact"]) / "data"
-    return [i for f in sorted(data.glob("*.parquet")) for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
+    return [i for f in sorted(data.glob("*.arrow")) for i in pa.ipc.open_stream(pa.memory_map(str(f))).read_all()["id"].to_pylist()]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""stage=mix on the demo data: the parquet dataset opens with plain `datasets`, the composition files exist and
-agree with it, and a mixture with targets rebalances by loss tokens."""
+"""stage=mix on the demo data: the row tables open (memory-mapped) with `datasets`, their image keys resolve in the
+image store, the rows interleave sources, the composition files exist and agree with them, and a mixture with targets
+rebalances by loss tokens. (The portable parquet export: tests/stages/test_mix_store.py.)"""
 
 from __future__ import annotations
 
@@ -22,16 +23,23 @@ def _categories(run_dir: Path) -> dict[str, dict]:
 
 
 def test_demo_mixture_opens_with_datasets(run_launch, tmp_path):
-    from datasets import load_dataset
+    from aloevision.image_store import ImageStore
+    from aloevision.images import decode_image
+    from aloevision.mixture import load_mixture
 
     run_launch("stage=mix", "wandb.mode=disabled", "hydra.run.dir=outputs/runs/demo")
     run_dir = _run_dir(tmp_path, "demo")
-    data = Path(_record(run_dir)["paths"]["mixture"])
+    rec = _record(run_dir)
+    data = Path(rec["paths"]["mixture"])
     assert sorted(p.name for p in data.iterdir())[0].startswith("train-00000-of-")
-    ds = load_dataset("parquet", data_dir=str(data), split="train", cache_dir=str(tmp_path / "hf"))
+    ds = load_mixture(str(data))
     assert set(ds.column_names) == {"id", "source", "category", "messages", "images"}  # TRL's format + labels
+    assert all(f["filename"].startswith(str(data)) for f in ds.cache_files)  # memory-mapped in place, no copy
     row = next(r for r in ds if r["images"])
-    assert row["images"][0].size[0] > 0 and row["messages"][0]["role"] in ("system", "user")
+    store = ImageStore(rec["stages"]["mix"]["image_store"])
+    assert decode_image(store.get(row["images"][0])).size[0] > 0 and row["messages"][0]["role"] in ("system", "user")
+    # Interleaved: the first rows already mix sources (the demo's rows come from 8 sources, in source order upstream).
+    assert len(set(ds["source"][:40])) >= 4
     # composition: files exist and count exactly what was written
     for name in ("mix/composition.md", "mix/composition.csv", "mix/token_allocation.png", "plan.json"):
         assert (run_dir / name).stat().st_size > 0, name
