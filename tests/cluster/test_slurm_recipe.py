@@ -34,7 +34,7 @@ def test_readme_cluster_recipe_as_separate_slurm_jobs(slurm_cluster, run_launch,
         jobs[name] = _sweep(slurm_cluster, folder, *x, *overrides, timeout=600)
         return _records(jobs[name], n)
 
-    for stage in ("ingest", "hash", "score", "tokens"):  # 2. the data stages as job arrays
+    for stage in ("ingest", "hash", "score", "tokens", "images"):  # 2. the data stages as job arrays
         recs = submit(stage, f"stage={stage}", "cluster.data_shard=range(0,2)", n=2)
         assert all(r["config"]["cluster"]["data_shard"] == k for k, r in enumerate(recs))
     mix = submit("mix", "stage=mix")[0]  # 3. the mixture, on one node
