@@ -19,7 +19,9 @@ corrupt entry can never train silently.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import threading
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 KEY_BYTES = 16
 INDEX_DTYPE = np.dtype([("key", f"S{KEY_BYTES}"), ("offset", "<u8"), ("length", "<u8")])
 MAX_PACK_BYTES = 1 << 30
@@ -170,6 +173,7 @@ class StoreWriter:
         self.store = store
         self.max_pack_bytes = int(max_pack_bytes)
         store.root.mkdir(parents=True, exist_ok=True)
+        clean_stale_packs(store.root)
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._n = 0
         self._file = None
@@ -191,6 +195,8 @@ class StoreWriter:
         if self._file is None:
             self._tmp = self.store.root / f".tmp-pack-{self.name}-{self._n}.bin"
             self._file = open(self._tmp, "wb")
+            # Held while the pack is written: a killed writer's pack is the one whose lock is free.
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
             self._offset = 0
         self._file.write(data)
         self._rows.append((raw, self._offset, len(data)))
@@ -205,12 +211,12 @@ class StoreWriter:
         self._file = None
         f.flush()
         os.fsync(f.fileno())
-        f.close()
         final = self.store.root / f"pack-{self.name}-{self._n}"
         idx = np.array(self._rows, dtype=INDEX_DTYPE)
-        tmp_idx = self.store.root / f".tmp-pack-{self.name}-{self._n}.idx.npy"
+        tmp_idx = self.store.root / f".tmp-index-{self.name}-{self._n}.npy"
         np.save(tmp_idx, idx)
-        os.replace(tmp, final.with_suffix(".bin"))
+        os.replace(tmp, final.with_suffix(".bin"))  # renamed while still locked: no cleaner takes it for stale
+        f.close()
         os.replace(tmp_idx, final.with_suffix(".idx"))  # the index last: a visible index means a complete pack
         self.packs.append(final.with_suffix(".bin"))
         self._rows, self._n = [], self._n + 1
@@ -237,3 +243,29 @@ class StoreWriter:
         else:
             # What was published stays (valid, deduplicated); only the unfinished pack is dropped.
             self.abort()
+
+
+def clean_stale_packs(root: str | os.PathLike) -> list[Path]:
+    """Remove the unpublished packs of killed writers (`.tmp-pack-*` whose lock nobody holds); their images were
+    never in an index, so nothing refers to them."""
+    import time
+
+    removed = []
+    for tmp in sorted(Path(root).glob(".tmp-index-*")):  # written and renamed within a moment by a live writer
+        try:
+            if time.time() - tmp.stat().st_mtime > 3600:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            continue
+    for tmp in sorted(Path(root).glob(".tmp-pack-*.bin")):
+        try:
+            with open(tmp, "rb") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink()
+                removed.append(tmp)
+        except (BlockingIOError, FileNotFoundError):  # a live writer, or another cleaner was first
+            continue
+    for tmp in removed:
+        log.info("removed %s (an image-store pack a killed job left unpublished)", tmp)
+    return removed

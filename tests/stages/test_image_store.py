@@ -29,6 +29,14 @@ def test_store_keeps_each_image_once_and_checks_every_read(tmp_path):
     assert len(ImageStore(tmp_path / "store")) == ImageStore(tmp_path / "store").distinct() == 7
     assert store.stored_bytes() == sum(map(len, blobs)) + len(b"new image bytes")
     assert not list((tmp_path / "store").glob(".tmp-*"))  # every pack published
+    # A killed writer's unpublished pack is removed by the next writer; a live writer's is left alone.
+    live = store.writer()
+    live.put(b"being written")
+    dead = tmp_path / "store" / ".tmp-pack-999-dead-0.bin"
+    dead.write_bytes(b"half a pack")
+    store.writer().close()
+    assert not dead.exists() and live._tmp.exists()
+    live.close()
     # Reads: memory-mapped, survive a pickle (DataLoader workers), checked against the key.
     clone = pickle.loads(pickle.dumps(store))
     assert all(clone.get(k) == b for k, b in zip(keys, blobs)) and clone.get(extra) == b"new image bytes"
