@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from aloevision.ingestion import iter_samples
+from aloevision.schema import Sample
 from aloevision.token_stats import STATS_FILE, iter_token_records
 
 
@@ -85,35 +85,39 @@ def iter_image_keys(folder: str | Path) -> Iterator[dict[str, Any]]:
 
 def mixture_rows(ingest_dirs: dict[str, str], tokens_dirs: dict[str, str], keys_dirs: dict[str, str],
                  excluded: set[str], fractions: dict[str, float], seed: int,
-                 skipped: dict[str, int] | None = None) -> Iterator[tuple[dict[str, Any], int]]:
+                 skipped: dict[str, int] | None = None,
+                 want: Callable[[str], bool] | None = None) -> Iterator[tuple[dict[str, Any], int]]:
     """(row, loss tokens) of every selected row, images named by their image-store keys (no image is read).
     Samples whose image the `images` stage could no longer read are skipped, counted in
-    `skipped["image_unavailable"]`."""
+    `skipped["image_unavailable"]`. `want(sample id)`: only those samples (a mix shard; the others' sample lines
+    are not even parsed)."""
     from aloevision.planning import copies_for
 
     skipped = {} if skipped is None else skipped
     for key in sorted(ingest_dirs):
-        for s, rec, keys in zip(iter_samples(ingest_dirs[key]), iter_token_records(tokens_dirs[key]),
-                                iter_image_keys(keys_dirs[key]), strict=True):
-            if rec["id"] != s.id or keys["id"] != s.id:
-                bad = tokens_dirs[key] if rec["id"] != s.id else keys_dirs[key]
-                raise RuntimeError(f"artifact {bad} is out of step with {ingest_dirs[key]} "
-                                   f"({rec['id'] if rec['id'] != s.id else keys['id']} != {s.id}); delete it to rebuild")
-            if "drop" in rec or s.id in excluded:
-                continue
-            if any(k is None for k in keys["keys"]):
-                skipped["image_unavailable"] = skipped.get("image_unavailable", 0) + 1
-                continue
-            k = copies_for(s.id, s.source, fractions.get(s.source, 1.0), seed)
-            if not k:
-                continue
-            messages = [
-                {"role": m["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in m["content"]]}
-                for m in s.messages
-            ]
-            for c in range(k):  # repeats (fraction > 1) get distinct ids
-                yield ({"id": s.id if c == 0 else f"{s.id}#{c}", "source": s.source, "category": s.category,
-                        "messages": messages, "images": list(keys["keys"])}, rec["loss"])
+        with open(Path(ingest_dirs[key]) / "samples.jsonl") as fs, open(Path(keys_dirs[key]) / "keys.jsonl") as fk:
+            for line, rec, kline in zip(fs, iter_token_records(tokens_dirs[key]), fk, strict=True):
+                if "drop" in rec or rec["id"] in excluded or (want is not None and not want(rec["id"])):
+                    continue
+                s, keys = Sample.from_dict(json.loads(line)), json.loads(kline)
+                if rec["id"] != s.id or keys["id"] != s.id:
+                    bad = tokens_dirs[key] if rec["id"] != s.id else keys_dirs[key]
+                    raise RuntimeError(f"artifact {bad} is out of step with {ingest_dirs[key]} "
+                                       f"({rec['id'] if rec['id'] != s.id else keys['id']} != {s.id}); "
+                                       "delete it to rebuild")
+                if any(k is None for k in keys["keys"]):
+                    skipped["image_unavailable"] = skipped.get("image_unavailable", 0) + 1
+                    continue
+                k = copies_for(s.id, s.source, fractions.get(s.source, 1.0), seed)
+                if not k:
+                    continue
+                messages = [
+                    {"role": m["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in m["content"]]}
+                    for m in s.messages
+                ]
+                for c in range(k):  # repeats (fraction > 1) get distinct ids
+                    yield ({"id": s.id if c == 0 else f"{s.id}#{c}", "source": s.source, "category": s.category,
+                            "messages": messages, "images": list(keys["keys"])}, rec["loss"])
 
 
 def mixture_with_built_sources(cfg, results: dict[str, Any]):

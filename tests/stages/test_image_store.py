@@ -168,3 +168,56 @@ def test_images_stage_stores_once_and_sharded_equals_unsharded(tmp_path, monkeyp
     assert not list((tmp_path / "cache_b" / "image_keys_shard").glob("*/_SUCCESS"))  # shard artifacts removed
     sb = ImageStore(assembled["store"])
     assert len(sb) == sb.distinct() == 5 and sb.stored_bytes() == distinct_bytes
+
+
+def test_mix_shards_assemble_to_the_unsharded_mixture(tmp_path):
+    """The mix stage's row writing, sharded by sample id (3 parts) and assembled, gives the unsharded row files byte
+    for byte; the rows name images by key and interleave the two sources."""
+    import pyarrow as pa
+
+    from aloevision.stages import mix
+
+    folders, _, _ = _folders(tmp_path)
+    keys = _run_images(tmp_path, folders, tmp_path / "cache", "images")["artifacts"]
+    tokens = {}
+    for name, folder in folders.items():
+        t = tmp_path / "tokens" / name
+        t.mkdir(parents=True)
+        with open(t / "stats.jsonl", "w") as f:
+            for line in open(Path(folder) / "samples.jsonl"):
+                sid = json.loads(line)["id"]
+                f.write(json.dumps({"id": sid, "source": "s", "loss": 7} if sid != "a3" else
+                                   {"id": sid, "source": "s", "drop": "too_many_tokens"}) + "\n")
+        tokens[name] = str(t)
+    plan = {"sources": [{"name": "s", "label": "s", "category": "medical_multimodal", "fraction": 1.0, "samples": 11,
+                         "loss_tokens": 77, "requested_share": None}],
+            "categories": [{"category": "medical_multimodal", "samples": 11, "loss_tokens": 77, "requested_share": None}],
+            "samples": 12, "loss_tokens": 77}
+    mix.ROWS_PER_FILE, old = 5, mix.ROWS_PER_FILE  # 3 files
+    try:
+        whole = tmp_path / "whole"
+        whole.mkdir()
+        mix._build(folders, tokens, keys, {"a5"}, plan, 0, "store", whole)
+        parts = []
+        for k in range(3):
+            p = tmp_path / f"part{k}"
+            p.mkdir()
+            mix._write_part(folders, tokens, keys, {"a5"}, plan, 0, p, (k, 3))
+            parts.append(p)
+        assembled = tmp_path / "assembled"
+        assembled.mkdir()
+        mix._assemble(parts, plan, "store", assembled)
+    finally:
+        mix.ROWS_PER_FILE = old
+    files = sorted((whole / "data").iterdir())
+    assert [f.name for f in files] == [f.name for f in sorted((assembled / "data").iterdir())] and len(files) == 3
+    for f in files:
+        assert f.read_bytes() == (assembled / "data" / f.name).read_bytes(), f.name
+    assert json.loads((whole / "composition.json").read_text()) == json.loads(
+        (assembled / "composition.json").read_text())
+    rows = [r for f in files for r in pa.ipc.open_stream(pa.memory_map(str(f))).read_all().to_pylist()]
+    # 13 samples, a3 dropped by tokens, a5 excluded upstream: 11 rows, keys only, sources interleaved.
+    assert sorted(r["id"] for r in rows) == sorted({"a0", "a1", "a2", "a4", "a6", "a7", "a_two", "a_text", "b0", "b1",
+                                                    "b2"})
+    assert all(len(k) == 32 for r in rows for k in r["images"])
+    assert [r["id"][0] for r in rows] != sorted(r["id"][0] for r in rows)
