@@ -78,7 +78,7 @@ def test_separate_jobs_equal_one_job(run_launch, tmp_path, session_root):
 
     store = f"paths.cache_dir={tmp_path / 'separate_cache'}"
     jobs = {}
-    for stage in ("ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "train"):
+    for stage in ("ingest", "hash", "leakage", "score", "filter", "tokens", "images", "mix", "train"):
         jobs[stage] = tmp_path / "separate" / stage
         later = ["upstream=require"] if stage in ("leakage", "filter", "mix", "train") else []
         run_launch(f"stage={stage}", *short, *later, demo, store, f"hydra.run.dir={jobs[stage]}", cache=False)
@@ -87,6 +87,7 @@ def test_separate_jobs_equal_one_job(run_launch, tmp_path, session_root):
                cache=False)
     up = _record(jobs["mix"])["stages"]["upstream"]
     assert up["filter"]["built"] == 0 and up["leakage"]["built"] == 0 and up["tokens"]["built"] == 0  # all reused
+    assert up["images"]["built"] == 0
 
     # stage=train alone on a fresh store resolves (and so is) stage=mix alone on a fresh store, then trains
     alone = {"train": tmp_path / "alone" / "train"}
