@@ -20,12 +20,13 @@ def test_resolution_follows_the_config(tmp_path):
             assert set(GRAPH[name].needs(cfg)) <= set(order[:i]), (name, order)
         return order
 
-    full = {"ingest", "hash", "leakage", "score", "filter", "tokens", "mix"}
+    full = {"ingest", "hash", "leakage", "score", "filter", "tokens", "images", "mix"}
     assert set(resolved("stage=mix")) == full and resolved("stage=mix")[-1] == "mix"
     assert set(resolved("stage=train")) == full | {"train"}
     # the ablations remove edges: no leakage / filter decisions are needed (or built)
-    assert set(resolved("stage=mix", "leakage=off")) == {"ingest", "score", "filter", "tokens", "mix"}
-    assert resolved("stage=mix", "leakage=off", "filter=none") == ["ingest", "tokens", "mix"]
+    assert set(resolved("stage=mix", "leakage=off")) == {"ingest", "score", "filter", "tokens", "images", "mix"}
+    assert resolved("stage=mix", "leakage=off", "filter=none") == ["ingest", "tokens", "images", "mix"]
+    assert resolved("stage=export", "leakage=off", "filter=none") == ["ingest", "tokens", "images", "mix", "export"]
     assert set(resolved("stage=filter")) == {"ingest", "score", "hash", "leakage", "filter"}
     assert resolved("stage=plan", "plan.stats=x.csv") == ["plan"]
     assert resolved("stage=eval") == ["eval"]
