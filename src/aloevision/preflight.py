@@ -28,7 +28,7 @@ from aloevision.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-READS_SOURCES = {"all", "ingest", "hash", "leakage", "score", "filter", "tokens", "mix", "adversarial"}
+READS_SOURCES = {"all", "ingest", "hash", "leakage", "score", "filter", "tokens", "images", "mix", "export", "adversarial"}
 READS_BENCHMARKS = {"all", "hash", "leakage"}  # (the eval stage checks its own benchmarks: stages/eval.check)
 LOADS_MODEL = {"all", "train", "eval"}  # the tokens stage needs only the processor: rebuilt offline for Qwen2-VL ids
 SCORES = {"all", "score"}  # the score stage loads the scorer models (filter only reads their scores)
