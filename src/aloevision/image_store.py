@@ -12,7 +12,9 @@ under a temporary name and renames them into place when done (index last, so a v
 complete pack); a key already in the store (or already written by this writer) is not written again. Readers take the
 union of every index; a key two concurrent writers both stored is readable from either copy.
 
-Reading memory-maps the packs: `get(key)` is one slice of a mapped file, and every read is checked against its key
+Reading: `get(key)` is one positioned read (`pread`) of its pack, no more: the bytes are copied once either way, and
+unlike a memory map the pages read do not pile up in the process's resident set when an export or an epoch reads
+every image. Every read is checked against its key
 (a flipped bit, a truncated pack or a deleted file is an `ImageStoreError` naming the key and how to rebuild), so a
 corrupt entry can never train silently.
 """
@@ -22,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import mmap
 import os
 import threading
 import uuid
@@ -53,8 +54,9 @@ def store_root(cache_dir: str | os.PathLike) -> Path:
 
 
 class ImageStore:
-    """Read (and, through `writer()`, fill) the store at `root`. Safe to share between threads; after a fork or a
-    pickle (DataLoader workers) the packs are mapped again on first use."""
+    """Read (and, through `writer()`, fill) the store at `root`. Safe to share between threads; after a pickle
+    (DataLoader workers) the packs are opened again on first use (a fork shares the descriptors: `pread` keeps no
+    file position)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -62,7 +64,7 @@ class ImageStore:
         self._index: np.ndarray | None = None  # sorted by key
         self._packs: list[str] = []
         self._pack_of: np.ndarray | None = None
-        self._maps: dict[int, mmap.mmap] = {}
+        self._fds: dict[int, int] = {}  # pack -> open file descriptor
 
     def __getstate__(self):
         return {"root": self.root}
@@ -85,9 +87,9 @@ class ImageStore:
             index = np.concatenate(parts) if parts else np.zeros(0, INDEX_DTYPE)
             pack_of = np.concatenate(owners) if owners else np.zeros(0, np.int32)
             order = np.argsort(index["key"], kind="stable")
-            for m in self._maps.values():
-                m.close()
-            self._index, self._pack_of, self._packs, self._maps = index[order], pack_of[order], packs, {}
+            for fd in self._fds.values():
+                os.close(fd)
+            self._index, self._pack_of, self._packs, self._fds = index[order], pack_of[order], packs, {}
 
     def _ensure(self) -> np.ndarray:
         if self._index is None:
@@ -126,17 +128,16 @@ class ImageStore:
         return not self.missing([key])
 
     # ---- reading ----------------------------------------------------------------------------------------------
-    def _map(self, pack: int) -> mmap.mmap:
-        m = self._maps.get(pack)
-        if m is None:
+    def _fd(self, pack: int) -> int:
+        fd = self._fds.get(pack)
+        if fd is None:
             path = self._packs[pack]
             try:
-                with open(path, "rb") as f:
-                    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError) as e:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
                 raise ImageStoreError(f"image store pack {path} cannot be read ({e}); {REBUILD_HINT}") from None
-            self._maps[pack] = m
-        return m
+            self._fds[pack] = fd
+        return fd
 
     def get(self, key: str) -> bytes:
         """The encoded bytes stored under `key`, checked against it."""
@@ -151,10 +152,10 @@ class ImageStore:
         if pos < 0:
             raise ImageStoreError(f"image {key} is not in the image store {self.root}; {REBUILD_HINT}")
         entry = self._index[pos]
+        off, n = int(entry["offset"]), int(entry["length"])
         with self._lock:
-            m = self._map(int(self._pack_of[pos]))
-            off, n = int(entry["offset"]), int(entry["length"])
-            data = m[off:off + n]
+            fd = self._fd(int(self._pack_of[pos]))
+        data = os.pread(fd, n, off)
         if len(data) != n or image_key(data) != key:
             raise ImageStoreError(f"image {key} in {self._packs[int(self._pack_of[pos])]} (offset {off}, {n} bytes) "
                                   f"is corrupt: its bytes no longer match the key; {REBUILD_HINT}")

@@ -26,7 +26,7 @@ from aloevision.mixture import features, image_store_of, mixture_files
 
 log = logging.getLogger(__name__)
 EXPORT_VERSION = "1"
-ROW_GROUP_BYTES = 128 << 20
+ROW_GROUP_BYTES = 32 << 20
 IMAGE_BYTES_COLUMN = "images.list.element.bytes"
 
 
