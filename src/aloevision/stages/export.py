@@ -57,7 +57,7 @@ def _build(mix: dict[str, Any], max_shard_bytes: int, seed: int, out: Path) -> N
     files = mixture_files(mix)
     # Pass 1 (row text only): each row's size with its images and its place; rows are then assigned to shards of
     # about equal size, each shard's rows ordered by the group hash.
-    rows_meta: list[tuple[int, int, int, int]] = []  # (group hash, file, row in file, bytes)
+    rows_meta: list[tuple[int, int, int, int, int]] = []  # (group hash, file, row in file, bytes, first image)
     total = 0
     for fi, f in enumerate(files):
         with pa.memory_map(str(f)) as m:
@@ -66,19 +66,25 @@ def _build(mix: dict[str, Any], max_shard_bytes: int, seed: int, out: Path) -> N
             for batch in reader:
                 for j, row in enumerate(batch.to_pylist()):
                     size = _sizes(store, row["images"]) + len(json.dumps(row["messages"]))
-                    rows_meta.append((_group_hash(row, seed), fi, r0 + j, size))
+                    first = _sizes(store, row["images"][:1])
+                    rows_meta.append((_group_hash(row, seed), fi, r0 + j, size, first))
                     total += size
                 r0 += batch.num_rows
-    meta = np.array(rows_meta, dtype=[("h", "<i8"), ("file", "<i4"), ("row", "<i8"), ("bytes", "<i8")])
+    meta = np.array(rows_meta, dtype=[("h", "<i8"), ("file", "<i4"), ("row", "<i8"), ("bytes", "<i8"),
+                                      ("first", "<i8")])
     del rows_meta
     meta = meta[np.argsort(meta["h"], kind="stable")]
-    # Shards: consecutive runs of the ordered rows, cut before a shard would pass max_shard_bytes.
-    cuts, acc = [0], 0
-    for i, b in enumerate(meta["bytes"].tolist()):
-        if acc and acc + b > max_shard_bytes:
+    # Shards: consecutive runs of the ordered rows, cut before a shard would pass max_shard_bytes. A row sharing the
+    # previous row's first image (same group hash) adds that image once: the dictionary stores it once.
+    cuts, acc, prev = [0], 0, None
+    for i, (h, b, first) in enumerate(zip(meta["h"].tolist(), meta["bytes"].tolist(), meta["first"].tolist())):
+        if acc and h == prev:
+            b -= first
+        elif acc and acc + b > max_shard_bytes:
             cuts.append(i)
             acc = 0
         acc += b
+        prev = h
     cuts.append(len(meta))
     n_shards = max(1, len(cuts) - 1)
     schema = features(embedded=True).arrow_schema
@@ -101,14 +107,18 @@ def _build(mix: dict[str, Any], max_shard_bytes: int, seed: int, out: Path) -> N
                     w.write_table(pa.Table.from_pylist(buf, schema=schema), row_group_size=len(buf))
                 buf, buf_bytes = [], 0
 
-            for fi, ri in zip(part["file"].tolist(), part["row"].tolist()):
+            prev = None
+            for h, fi, ri in zip(part["h"].tolist(), part["file"].tolist(), part["row"].tolist()):
                 row = tables[fi].slice(ri, 1).to_pylist()[0]
                 images = [{"bytes": store.get(k), "path": None} for k in row["images"]]
                 size = sum(len(im["bytes"]) for im in images)
-                if buf and buf_bytes + size > ROW_GROUP_BYTES:
+                if h == prev and images:  # shares the previous row's first image: same row group, stored once
+                    size -= len(images[0]["bytes"])
+                elif buf and buf_bytes + size > ROW_GROUP_BYTES:
                     flush()
                 buf.append({**row, "images": images})
                 buf_bytes += size
+                prev = h
             flush()
             stored = len(part)
         report.append({"file": path.name, "rows": stored, "bytes": path.stat().st_size})
