@@ -62,6 +62,8 @@ class TinySpec:
     vision_depth: int = 2
     vision_embed_dim: int = 32
     vision_num_heads: int = 2
+    rope_theta: float = 1000000.0  # the LLM's M-RoPE base (Qwen2-VL's); smaller = image rows/columns rotate more
+    mrope_section: Optional[List[int]] = None  # (temporal, height, width) rotary pairs; None: head_dim/2 split 2:1:1
     min_pixels: int = 3136  # 56 x 56
     max_pixels: int = 12544  # 112 x 112
 
@@ -206,6 +208,11 @@ class EvalConfig:
     judge_backend: str = "transformers"
     model: Optional[str] = None  # run folder, checkpoint or Hub id to evaluate when this run trains none
     labels_file: Optional[str] = None  # human 0/0.5/1 labels for open answers: agreement with the judges
+    # Control: every evaluation image replaced by a uniform grey one of the same size (answers from pixels -> chance).
+    blank_images: bool = False
+    # JSON list of records with `eval_items` [{benchmark, id}] known to be leaked into training (the demo's
+    # PLANTED.json): their mean score is reported as eval/leaked_items (Table 8's leaked-items column).
+    leaked_items: Optional[str] = None
     heart: HeartConfig = field(default_factory=HeartConfig)
 
 

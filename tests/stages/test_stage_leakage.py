@@ -35,9 +35,21 @@ def _record(run_dir: Path) -> dict:
 
 
 def _planted(demo: Path) -> dict[str, dict]:
-    planted = {p["kind"]: p for p in json.loads((demo / "PLANTED.json").read_text()) if "eval_leak" in p["kind"]}
+    """The two single planted leaks by kind (the verbatim item leaks, kind eval_leak_item, come from `_item_leaks`)."""
+    leaks = [p for p in json.loads((demo / "PLANTED.json").read_text()) if "eval_leak" in p["kind"]]
+    planted = {p["kind"]: p for p in leaks if p["kind"] != "eval_leak_item"}
     assert set(planted) == {"eval_leak_exact", "eval_leak_reencoded"}
     return planted
+
+
+def _item_leaks(demo: Path, cache: Path) -> list[str]:
+    """Ids of the training samples carrying the planted verbatim copies of CareQA-Vision items (all at distance 0)."""
+    members = {p["member"] for p in json.loads((demo / "PLANTED.json").read_text()) if p["kind"] == "eval_leak_item"}
+    ids = [json.loads(line)["id"] for f in (cache / "ingest").glob("*/samples.jsonl")
+           for line in f.read_text().splitlines()
+           if any(str(ref).split("::")[-1] in members for ref in json.loads(line)["images"])]
+    assert len(ids) == len(members) >= 24, (len(ids), len(members))
+    return ids
 
 
 def _planted_ids(planted: dict[str, dict], cache: Path) -> dict[str, str]:
@@ -61,7 +73,8 @@ def demo_runs(tmp_path_factory, demo_dir):
     r0 = _launch(root, root / "r0", cache, demo_dir)
     r4 = _launch(root, root / "r4", cache, demo_dir, "leakage.radius=4")
     planted = _planted(demo_dir)
-    return {"root": root, "cache": cache, "r0": r0, "r4": r4, "planted": planted, "ids": _planted_ids(planted, cache)}
+    return {"root": root, "cache": cache, "r0": r0, "r4": r4, "planted": planted, "ids": _planted_ids(planted, cache),
+            "items": _item_leaks(demo_dir, cache)}
 
 
 def _report(run_dir: Path) -> dict:
@@ -70,18 +83,20 @@ def _report(run_dir: Path) -> dict:
 
 def test_radius0_removes_exactly_the_exact_copy(demo_runs):
     rep = _report(demo_runs["root"] / "r0")
-    assert rep["leaked_ids"] == [demo_runs["ids"]["eval_leak_exact"]]
+    items = demo_runs["items"]
+    assert rep["leaked_ids"] == sorted([demo_runs["ids"]["eval_leak_exact"], *items])
     assert rep["unhashable_ids"] == [] and rep["radius"] == 0
     assert {p["distance"] for p in rep["all_pairs"]} == {0}
     stage = demo_runs["r0"]["stages"]["leakage"]
-    assert stage["leaked_samples"] == 1 and stage["train_samples"] > 100
-    assert [(g["train_source"], g["samples"]) for g in stage["by_source_and_set"]] == [("medmax", 1)]
+    assert stage["leaked_samples"] == 1 + len(items) and stage["train_samples"] > 100
+    assert sorted((g["train_source"], g["eval_set"], g["samples"]) for g in stage["by_source_and_set"]) == [
+        ("medmax", "careqa_vision_mcq", len(items)), ("medmax", "demo_open", 1)]
 
 
 def test_radius4_removes_both_planted_leaks(demo_runs):
     rep = _report(demo_runs["root"] / "r4")
     ids = demo_runs["ids"]
-    assert rep["leaked_ids"] == sorted([ids["eval_leak_exact"], ids["eval_leak_reencoded"]])
+    assert rep["leaked_ids"] == sorted([ids["eval_leak_exact"], ids["eval_leak_reencoded"], *demo_runs["items"]])
     dist = {p["train_id"]: p["distance"] for p in rep["all_pairs"]}
     assert dist[ids["eval_leak_exact"]] == 0 and 0 < dist[ids["eval_leak_reencoded"]] <= 4
     re_pair = next(p for p in rep["all_pairs"] if p["train_id"] == ids["eval_leak_reencoded"])
@@ -132,7 +147,7 @@ def test_corrupt_eval_image_is_a_counted_drop(demo_runs, demo_dir):
     assert part["computed"] == 0 and part["from_cache"] == part["unique"] - 2  # the other images: cache hits
     rep = _report(root / "corrupt")
     assert rep["unhashable_eval"]["demo_open"] == part["errors_by_reason"]
-    assert rep["leaked_ids"] == [demo_runs["ids"]["eval_leak_exact"]]
+    assert rep["leaked_ids"] == sorted([demo_runs["ids"]["eval_leak_exact"], *demo_runs["items"]])
     assert "Unhashable evaluation images" in (root / "corrupt" / "leakage" / "leakage_report.md").read_text()
 
 

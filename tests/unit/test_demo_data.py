@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from aloevision.demo import generate
-from aloevision.demo.build_sources import MEDMAX_SEPARATOR
+from aloevision.demo.build_sources import LEAK_COPIES, MEDMAX_SEPARATOR
 from aloevision.demo.generate import ensure_demo_data
-from aloevision.demo.vocabulary import MODALITIES, POSITIONS
+from aloevision.demo.vocabulary import MODALITIES
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -323,7 +323,9 @@ def test_only_the_planted_images_are_near_evaluation_images(demo, planted):
             assert d == leaks[member], (name, d)
         else:
             assert d > 8, f"{name} is {d} bits from an evaluation image but was not planted as a leak"
-    assert len(leaks) == 2 and min(leaks.values()) == 0 and 2 <= max(leaks.values()) <= 6
+    item_leaks = [p for p in planted if p["kind"] == "eval_leak_item"]
+    assert len(item_leaks) == 24 * LEAK_COPIES and {p["phash_distance"] for p in item_leaks} == {0}
+    assert len(leaks) == 2 + len(item_leaks) and min(leaks.values()) == 0 and 2 <= max(leaks.values()) <= 6
 
 
 def test_incoherent_and_structural_text_defects(demo, planted):
@@ -360,17 +362,31 @@ def _finding_quadrant(img: Image.Image) -> str:
     return f"{row} {col}"
 
 
-def test_mcq_position_answers_are_readable_off_the_image(demo):
+def test_image_sets_ask_the_modality_balanced_and_chance_is_25_percent(demo):
+    """DemoMCQ: modality questions, options in the fixed order of the training questions, answers balanced over the
+    four letters (a constant letter scores 25 %); the ProbMed-like pairs and SLAKE-like open items balanced too."""
+    from collections import Counter
+
+    from aloevision.demo.qa import MODALITY_OPTIONS
+
     with open(demo / "eval/mcq/DemoMCQ.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    assert 20 <= len(rows) <= 60
-    pos = [r for r in rows if r["category"] == "position" and len(r["image"]) > 64]
-    assert len(pos) >= 10
-    for r in pos:
-        img = Image.open(io.BytesIO(base64.b64decode(r["image"])))
-        assert r[r["answer"]] in POSITIONS and _finding_quadrant(img) == r[r["answer"]]
-    letters = {r["answer"] for r in rows}
-    assert len(letters) >= 3  # answers are not all the same letter
+    assert 40 <= len(rows) <= 80 and {r["category"] for r in rows} == {"modality"}
+    assert all([r[k] for k in "ABCD"] == list(MODALITY_OPTIONS.values()) for r in rows)
+    assert set(Counter(r["answer"] for r in rows).values()) == {len(rows) // 4}
+    probmed = json.loads((demo / "eval/probmed/test.json").read_text())
+    assert Counter(q["gt_ans"] for q in probmed) == {"yes": len(probmed) // 2, "no": len(probmed) // 2}
+    assert set(Counter(q["image_type"] for q in probmed).values()) == {len(probmed) // 4}
+    slake = [q for q in json.loads((demo / "eval/slake/test.json").read_text()) if q["q_lang"] == "en"]
+    assert set(Counter(q["answer"] for q in slake).values()) == {len(slake) // 4} and len(slake) >= 40
+
+
+def test_careqa_open_answers_are_readable_off_the_image(demo):
+    rows = json.loads((demo / "eval/careqa_vision/CareQA-Vis_open.json").read_text())
+    assert len(rows) >= 10
+    for r in rows:
+        img = Image.open(demo / "eval/careqa_vision" / r["image"])
+        assert f"in the {_finding_quadrant(img)} region" in r["answer"]
 
 
 # ------------------------------------------------------------------------------------------------ adapters agree

@@ -7,7 +7,11 @@
 - `careqa_vision/CareQA-Vis_close.json`, `CareQA-Vis_open.json` + `images/`: CareQA-Vision-like (closed MCQ with
   1-indexed `cop`, open-ended), category nursing | medicine
 
-All items come from the same scene generator as the training data, so a trained model can beat chance.
+All items come from the same scene generator as the training data. The image-dependent sets (DemoMCQ, the ProbMed
+and SLAKE-like sets) ask for the MODALITY of held-out scans, balanced over the four modalities (chance: 25 % for MCQ
+and open answers, 50 % per yes/no question, 25 % per ProbMed pair), worded as the demo training questions
+(aloevision.demo.qa.modality_questions). DemoMCQ lists its options in the fixed order of MODALITY_OPTIONS, so a
+constant letter scores 25 %; CareQA-Vision's closed items shuffle them (the items the demo leaks into MedMax).
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import base64
 
 from aloevision.demo.context import BuildContext
 from aloevision.demo.images import encode
-from aloevision.demo.qa import TEXT_FACTS, article, random_scene
-from aloevision.demo.vocabulary import MODALITIES, POSITIONS
+from aloevision.demo.qa import (
+    MCQ_MODALITY_QUESTION, MODALITY_OPTIONS, OPEN_MODALITY_QUESTION, TEXT_FACTS, random_scene, yesno_modality_question,
+)
+from aloevision.demo.vocabulary import MODALITIES
+from aloevision.evaluation.protocol import build_prompt
 
 LETTERS = "ABCD"
 
@@ -27,98 +34,80 @@ def _shuffled(rng, correct: str, pool: list[str]) -> list[str]:
     return [opts[i] for i in rng.permutation(len(opts))]
 
 
-def build_mcq(ctx: BuildContext, n: int = 40) -> None:
+def build_mcq(ctx: BuildContext, n: int = 48) -> None:
     header = ["index", "image", "question", "A", "B", "C", "D", "answer", "category"]
     rows = []
+    opts = list(MODALITY_OPTIONS.values())
     for i in range(n):
         rng = ctx.rng("eval", "mcq", i)
-        s = random_scene(rng, position=POSITIONS[i % 4] if i % 2 == 0 else True, p_normal=0.0)
-        if i % 2 == 0:
-            q, correct, pool, cat = "Where is the finding located?", s.position, POSITIONS, "position"
-        else:
-            q, correct, pool, cat = "What imaging modality is this?", s.modality, MODALITIES, "modality"
-        opts = _shuffled(rng, correct, pool)
+        s = random_scene(rng, modality=MODALITIES[i % 4], p_normal=0.0)
         jpg = encode(s.scan.image, "JPEG", quality=92)
         b64 = base64.b64encode(jpg).decode()
         # VLMEvalKit convention: a row may reference another row's image by its index (short digit string).
         if i == n - 1:
-            b64 = str(n - 3)
-            jpg = ctx.eval_images[f"mcq/{n - 3}"]["bytes"]
+            b64 = str(n - 5)  # same modality (i % 4), so the classes stay balanced
+            jpg = ctx.eval_images[f"mcq/{n - 5}"]["bytes"]
         else:
             ctx.eval_images[f"mcq/{i}"] = {"benchmark": "demo_mcq", "id": str(i), "file": None, "bytes": jpg}
-        rows.append([i, b64, q, *opts, LETTERS[opts.index(correct)], cat])
+        rows.append([i, b64, MCQ_MODALITY_QUESTION, *opts, LETTERS[opts.index(s.modality)], "modality"])
     ctx.write_tsv("eval/mcq/DemoMCQ.tsv", header, rows)
 
 
-def build_probmed(ctx: BuildContext, n_images: int = 12) -> None:
+def build_probmed(ctx: BuildContext, n_images: int = 24) -> None:
     items = []
     for i in range(n_images):
         rng = ctx.rng("eval", "probmed", i)
-        s = random_scene(rng, p_normal=0.0)
+        s = random_scene(rng, modality=MODALITIES[i % 4], p_normal=0.0)
         name = f"images/probmed_{i:04d}.jpg"
         data = encode(s.scan.image, "JPEG", quality=92)
         ctx.write_bytes(f"eval/probmed/{name}", data)
         ctx.eval_images[f"probmed/{i}"] = {
             "benchmark": "demo_yesno", "id": str(i), "file": f"eval/probmed/{name}", "bytes": data}
         wrong_mod = [m for m in MODALITIES if m != s.modality][int(rng.integers(3))]
-        wrong_pos = [p for p in POSITIONS if p != s.position][int(rng.integers(3))]
-        pairs = [
-            ("modality", f"Is this {article(s.modality)} image?", f"Is this {article(wrong_mod)} image?"),
-            ("abnormality", f"Is there a {s.finding} in the {s.position} region?",
-             f"Is there a {s.finding} in the {wrong_pos} region?"),
-        ]
-        for qa_type, q_true, q_adv in pairs:
-            pair_id = f"{i}_{qa_type}"
-            for question, ans, adversarial in ((q_true, "yes", False), (q_adv, "no", True)):
-                items.append(
-                    {
-                        "id": i,
-                        "image": name,
-                        "image_type": s.modality,
-                        "qa_type": qa_type,
-                        "question": question,
-                        "gt_ans": ans,
-                        "pair_id": pair_id,
-                        "adversarial": adversarial,
-                    }
-                )
+        pair_id = f"{i}_modality"
+        for m, ans, adversarial in ((s.modality, "yes", False), (wrong_mod, "no", True)):
+            items.append(
+                {
+                    "id": i,
+                    "image": name,
+                    "image_type": s.modality,
+                    "qa_type": "modality",
+                    "question": yesno_modality_question(m),
+                    "gt_ans": ans,
+                    "pair_id": pair_id,
+                    "adversarial": adversarial,
+                }
+            )
     ctx.write_json("eval/probmed/test.json", items)
 
 
-def build_slake(ctx: BuildContext, n_images: int = 14) -> None:
+def build_slake(ctx: BuildContext, n_images: int = 40) -> None:
     items, qid = [], 0
     for i in range(n_images):
         rng = ctx.rng("eval", "slake", i)
-        s = random_scene(rng, p_normal=0.25)
+        s = random_scene(rng, modality=MODALITIES[i % 4], p_normal=0.25)
         img_name = f"xmlab{i}/source.jpg"
         data = encode(s.scan.image, "JPEG", quality=92)
         ctx.write_bytes(f"eval/slake/imgs/{img_name}", data)
         ctx.eval_images[f"slake/{i}"] = {
             "benchmark": "demo_open", "id": str(i), "file": f"eval/slake/imgs/{img_name}", "bytes": data}
-        qs = [
-            ("Which modality is used to take this image?", s.modality, "OPEN", "Modality"),
-            (f"Is there a {s.finding} in this image?", "yes" if s.position else "no", "CLOSED", "Abnormality"),
-        ]
-        if s.position:
-            qs.append(("Where is the abnormality located?", s.position, "OPEN", "Position"))
-        for question, answer, atype, ctype in qs:
-            qid += 1
-            items.append(
-                {
-                    "img_id": i,
-                    "img_name": img_name,
-                    "question": question,
-                    "answer": answer,
-                    "q_lang": "en",
-                    "location": s.organ.capitalize(),
-                    "modality": s.modality,
-                    "answer_type": atype,
-                    "base_type": "vqa",
-                    "content_type": ctype,
-                    "triple": ["vhead", "_", "_"],
-                    "qid": qid,
-                }
-            )
+        qid += 1
+        items.append(
+            {
+                "img_id": i,
+                "img_name": img_name,
+                "question": OPEN_MODALITY_QUESTION,
+                "answer": s.modality,
+                "q_lang": "en",
+                "location": s.organ.capitalize(),
+                "modality": s.modality,
+                "answer_type": "OPEN",
+                "base_type": "vqa",
+                "content_type": "Modality",
+                "triple": ["vhead", "_", "_"],
+                "qid": qid,
+            }
+        )
         if i < 2:  # SLAKE is bilingual; the loader keeps q_lang == "en" by default
             qid += 1
             items.append(
@@ -156,7 +145,7 @@ def build_careqa_vision(ctx: BuildContext, n_close: int = 24, n_open: int = 16) 
     close, open_ = [], []
     for i in range(n_close + n_open):
         rng = ctx.rng("eval", "careqa_vision", i)
-        s = random_scene(rng, p_normal=0.0)
+        s = random_scene(rng, modality=MODALITIES[i % 4], p_normal=0.0)
         name = f"images/careqa_v_{i:04d}.jpg"
         data = encode(s.scan.image, "JPEG", quality=92)
         ctx.write_bytes(f"eval/careqa_vision/{name}", data)
@@ -165,11 +154,11 @@ def build_careqa_vision(ctx: BuildContext, n_close: int = 24, n_open: int = 16) 
         category = "nursing" if i % 3 == 0 else "medicine"
         year = 2020 + i % 5
         if i < n_close:
-            if i % 2 == 0:
-                q, correct, pool = "Where is the finding located in the image?", s.position, POSITIONS
-            else:
-                q, correct, pool = "What imaging modality is shown in the image?", s.modality, MODALITIES
-            opts = _shuffled(rng, correct, pool)
+            q, correct = MCQ_MODALITY_QUESTION, s.modality
+            opts = _shuffled(rng, correct, MODALITIES)
+            ctx.eval_questions.setdefault("careqa_vision_mcq", []).append(
+                {"id": f"cqv-close-{i:03d}", "prompt": build_prompt("mcq", q, dict(zip(LETTERS, opts))),
+                 "answer": LETTERS[opts.index(correct)], "bytes": data})
             close.append(
                 {
                     "unique_id": f"cqv-close-{i:03d}",

@@ -33,7 +33,7 @@ from aloevision.demo.archives import write_split, write_tar_gz, write_tar_zst, w
 from aloevision.demo.context import BuildContext
 from aloevision.demo.images import encode, in_mode, make_fracture_xray, make_photo
 from aloevision.demo.qa import (
-    MODALITY_LONG, MODALITY_STEM, TEXT_FACTS, Scene, article, caption, closed_questions, long_caption, qa_pairs,
+    MODALITY_LONG, MODALITY_STEM, TEXT_FACTS, Scene, article, caption, modality_questions, long_caption, qa_pairs,
     random_scene,
 )
 from aloevision.demo.vocabulary import BODY_PARTS, COLORS, GENERAL_TOPICS, SHAPES
@@ -75,10 +75,17 @@ def _conv(q: str, a: str) -> list[dict[str, str]]:
     return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
 
 
-# Extra records per source that ask closed questions (lettered MCQ, yes/no) about a fresh scan, appended after the
-# original rows so every planted defect keeps its row. Sources whose native records hold one exchange get one
-# question per record; conversational ones (MeCoVQA, Med-GRIT, Cambrian) ask every closed question about the image.
-N_CLOSED = {"pubmedvision": 10, "medmax": 10, "mecovqa": 60, "medgrit": 60, "cambrian": 40}
+# Extra records per source that ask the modality questions of the demo benchmarks (open word, fixed-order MCQ, yes/no;
+# aloevision.demo.qa.modality_questions) about a FRESH scan each, appended after the original rows so every planted
+# defect keeps its row. PubMedVision, MedMax and Cambrian (PathVQA-like rows) ask one question per record; MeCoVQA and
+# Med-GRIT ask all three about the image. The bulk is Cambrian's: ~1,900 distinct scans in all (with a few hundred the
+# tiny model memorised its training images instead of learning to read the modality; docs/benchmarks.md "Demo run"),
+# and the demo filter does not score Cambrian (the tiny model's perplexity pass costs ~40-100 ms a sample on 2 cores).
+N_CLOSED = {"pubmedvision": 10, "medmax": 10, "mecovqa": 60, "medgrit": 60, "cambrian": 1800}
+# The CareQA-Vision-like closed items planted verbatim (image bytes, prompt, answer) into MedMax, each this many
+# times (as a benchmark image re-shared by several datasets): `leakage=off` trains on them, `leakage=phash` removes
+# them. PLANTED.json lists every copy (kind eval_leak_item); eval.leaked_items scores exactly these items.
+LEAK_COPIES = 10
 
 
 def closed_scene(ctx: BuildContext, rng: np.random.Generator, fmt: str = "JPEG", **kw) -> tuple[Scene, bytes]:
@@ -141,7 +148,7 @@ def build_pubmedvision(ctx: BuildContext, n: int = 30) -> None:
         s, data = closed_scene(ctx, rng)
         path = f"images/pmc_{rid}_0.jpg"
         zips[i % 2][path] = data
-        q, a = closed_questions(s, rng)[0]
+        q, a = modality_questions(s, rng)[0]
         records.append({"id": f"Alignment_VQA_{rid}", "image": [path], "body_part": _pick(rng, BODY_PARTS),
                         "modality": MODALITY_LONG[s.modality], "conversations": _conv(q, a)})
     ctx.write_json(f"{base}/PubMedVision_Alignment_VQA.json", records)
@@ -197,10 +204,20 @@ def build_medmax(ctx: BuildContext, n: int = 30) -> None:
         s, data = closed_scene(ctx, rng)
         src = ("pmc_vqa", "slake")[i % 2]
         img_path = f"images/{src}/{src}_{i:05d}.jpg"
-        q, a = closed_questions(s, rng)[0]
+        q, a = modality_questions(s, rng)[0]
         members[img_path] = data
         rows.append({"text": f"<image>\n{q}{MEDMAX_SEPARATOR}{a}", "tokens": [int(t) for t in rng.integers(4, 8192, 6)],
                      "image_path": img_path, "task": "VQA", "source": src, "credential": "no"})
+    for item in ctx.eval_questions.get("careqa_vision_mcq", []):  # the planted verbatim leaks of evaluation items
+        for c in range(LEAK_COPIES):
+            img_path = f"images/slake/careqa_{item['id']}_{c}.jpg"
+            members[img_path] = item["bytes"]
+            ctx.plant("eval_leak_item", source="medmax", row=len(rows), record=img_path, data_file=f"{base}/train.jsonl",
+                      file=f"{base}/images.tar.gz.aa+ab", member=img_path, eval_benchmark="careqa_vision_mcq",
+                      eval_id=item["id"], eval_items=[{"benchmark": "careqa_vision_mcq", "id": item["id"]}],
+                      phash_distance=0, detail=f"copy {c + 1} of {LEAK_COPIES}: image, question and answer")
+            rows.append({"text": f"<image>\n{item['prompt']}{MEDMAX_SEPARATOR}{item['answer']}", "tokens": [],
+                         "image_path": img_path, "task": "VQA", "source": "slake", "credential": "no"})
     ctx.write_jsonl(f"{base}/train.jsonl", rows)
     tgz = write_tar_gz(ctx.root / f"{base}/images.tar.gz.tmp", members)
     (ctx.root / f"{base}/images.tar.gz.tmp").unlink()
@@ -283,7 +300,7 @@ def build_mecovqa(ctx: BuildContext, n: int = 30) -> None:
             ctx.write_bytes(f"{base}/SAMed2Dv1/{mask_rel}", _mask_png(s.scan.image.size, s.scan.box))
             index[img_rel] = [mask_rel]
         conv = []
-        for k, (q, a) in enumerate(closed_questions(s, rng)):
+        for k, (q, a) in enumerate(modality_questions(s, rng)):
             conv += _conv(("<image>\n" if k == 0 and i % 2 == 0 else "") + q, a)
         vqa.append({"id": f"closed_{i}", "image": img_rel, "conversations": conv})
     ctx.write_json(f"{base}/MeCoVQA_Complex+Region_VQA_train+Public_VQA.json", vqa)
@@ -334,7 +351,7 @@ def build_medgrit(ctx: BuildContext, n: int = 30) -> None:
         rid = f"{MODALITY_STEM[s.modality]}_{i:05d}"
         rel = f"images/{rid}.png"
         ctx.write_bytes(f"{base}/{rel}", data)
-        pairs = [[q, a] for q, a in closed_questions(s, rng)]
+        pairs = [[q, a] for q, a in modality_questions(s, rng)]
         pairs[0][0] = f"<img>{rel}</img>\n" + pairs[0][0]
         records.append({"id": rid, "conversations": pairs})
     ctx.write_json(f"{base}/MedGRIT_demo_train_chatlm_img_coord.json", records)
@@ -422,14 +439,13 @@ def build_cambrian(ctx: BuildContext, n: int = 30) -> None:
             ctx.plant("path_escape", source="cambrian", row=i, record=rid, image=row["image"],
                       data_file=f"{base}/jsons/Cambrian10M.jsonl")
         rows.append(row)
-    for i in range(n, n + N_CLOSED["cambrian"]):  # PathVQA-like closed questions, multi-turn LLaVA format
+    for i in range(n, n + N_CLOSED["cambrian"]):  # PathVQA-like short questions, one per record, LLaVA format
         rng = ctx.rng("cambrian", i)
         s, data = closed_scene(ctx, rng)
         rel = f"pathvqa/images/train_{i:04d}.jpg"
         tars["pathvqa"][rel] = data
-        conv = []
-        for k, (q, a) in enumerate(closed_questions(s, rng)):
-            conv += _conv(("<image>\n" if k == 0 else "") + q, a)
+        q, a = modality_questions(s, rng)[0]
+        conv = _conv("<image>\n" + q, a)
         rows.append({"id": f"cambrian_{i:05d}", "image": rel, "conversations": conv})
     ctx.write_jsonl(f"{base}/jsons/Cambrian10M.jsonl", rows)
     for name, members in tars.items():

@@ -25,6 +25,8 @@ class BuildContext:
         # eval image key -> (benchmark, item id, relative path or None, bytes): candidates for planted leaks
         self.eval_images: dict[str, dict[str, Any]] = {}
         self.sources: dict[str, dict[str, Any]] = {}
+        # eval key -> [{id, prompt (as the evaluation sends it), answer, bytes}]: items a source may leak verbatim
+        self.eval_questions: dict[str, list[dict[str, Any]]] = {}
         # source -> native record id -> what an adapter should derive (e.g. the tight box on the 1000 grid)
         self.expected: dict[str, dict[str, Any]] = {}
         self._eval_hashes: Any = None  # (n, 64) bool pHash bits of the evaluation images, computed on first use

@@ -109,10 +109,11 @@ def make_scan(
     img = _texture(rng, modality, h, w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # Smooth anatomy-like shading: a few random low-frequency waves. Without it two scans of the same modality and
-    # quadrant share their 64-bit pHash (it only sees low frequencies), and unrelated images would look leaked.
+    # quadrant share their 64-bit pHash (it only sees low frequencies), and unrelated images would look leaked. Kept
+    # faint (amplitude 0.06, was 0.2): stronger shading hid the modality's texture from the tiny model.
     for _ in range(3):
         fx, fy = rng.uniform(-2.5, 2.5, 2)
-        img = img + 0.2 * np.cos(2 * np.pi * (fx * xx / w + fy * yy / h) + rng.uniform(0, 2 * np.pi))
+        img = img + 0.06 * np.cos(2 * np.pi * (fx * xx / w + fy * yy / h) + rng.uniform(0, 2 * np.pi))
     # Body outline: an ellipse filling most of the frame (random centre and radii), darker outside.
     cx0, cy0 = w * rng.uniform(0.45, 0.55), h * rng.uniform(0.45, 0.55)
     body = ((xx - cx0) / (w * rng.uniform(0.40, 0.47))) ** 2 + ((yy - cy0) / (h * rng.uniform(0.40, 0.47))) ** 2

@@ -137,6 +137,38 @@ def preflight(benchmarks: Mapping[str, Mapping[str, Any]], settings: Mapping[str
 
 
 # --------------------------------------------------------------------------------------------------- one benchmark
+def blank_images(item):
+    """The item with every image replaced by a uniform grey image of the same size (`eval.blank_images=true`): the
+    control that shows whether answers come from the pixels (a model that reads the images falls to chance)."""
+    import dataclasses
+
+    from PIL import Image
+
+    from aloevision.evaluation.generation import load_pil
+    from aloevision.images import ImageError
+
+    blanks = []
+    for im in item.images:
+        try:
+            size = load_pil(im).size
+        except ImageError:
+            blanks.append(im)  # left as it is: the generator drops and counts it as undecodable
+            continue
+        blanks.append(Image.new("RGB", size, (128, 128, 128)))
+    return dataclasses.replace(item, images=blanks)
+
+
+def leaked_item_ids(path: Any) -> set[tuple[str, str]]:
+    """(benchmark key, item id) of the evaluation items known to be leaked into the training data (`eval.leaked_items`):
+    a JSON list of records, each with `eval_items`: [{"benchmark": <eval key>, "id": <item id>}, ...] (the demo's
+    PLANTED.json; records without it are ignored). Empty when `path` is unset."""
+    if not path:
+        return set()
+    rows = json.loads(Path(path).read_text())
+    return {(str(e["benchmark"]), str(e["id"])) for r in rows if isinstance(r, dict)
+            for e in r.get("eval_items") or []}
+
+
 def prompt_style(bench: Mapping[str, Any]) -> str | None:
     """The benchmark's prompt style (options.prompt), else MMMU's own for MMMU, else per item (aloevision.evaluation.
     generation.default_style)."""
@@ -235,6 +267,8 @@ class Engine:
             items = items[: int(bench["max_samples"])]
         if not items:
             raise ValueError(f"{key}: no items loaded from {bench.get('path')} ({stats.as_dict()['skipped']})")
+        if s.get("blank_images"):
+            items = [blank_images(it) for it in items]
         style = prompt_style(bench)
         groups = {"text_mcq": [], "open": [], "gen": []}
         for it in items:
@@ -283,6 +317,13 @@ class Engine:
         summary = summarise(self.results, probmed_metric=str(s.get("probmed_metric", "official")))
         metrics = {f"eval/{k}": v for k, v in summary.items() if v is not None}
         self.report["metrics"].update(metrics)
+        leaked = leaked_item_ids(s.get("leaked_items"))
+        if leaked:  # e.g. Table 8's leaked-item column: the items whose images were planted in the training data
+            hit = [r for r in self.results if (r.benchmark, str(r.id)) in leaked and r.score is not None]
+            if hit:
+                metrics["eval/leaked_items"] = 100.0 * sum(r.score for r in hit) / len(hit)
+                self.report["metrics"].update(metrics)
+                self.report["counts"]["eval_counts/leaked_items"] = len(hit)
         n = {f"eval_counts/{k}": v for k, v in counts(results).items()}
         self.report["counts"].update(n)
         mine = {k: v for k, v in metrics.items() if k == f"eval/{key}" or k.startswith(f"eval/{key}/")}

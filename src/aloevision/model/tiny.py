@@ -83,9 +83,15 @@ def build_tiny(out_dir: Path, spec: dict) -> Path:
     hidden = spec["hidden_size"]
     heads = spec["num_attention_heads"]
     head_dim = hidden // heads
-    # mrope splits head_dim/2 rotary frequencies over (temporal, height, width).
+    # M-RoPE splits head_dim/2 rotary frequencies over (temporal, height, width), highest frequencies first: the
+    # spec's `mrope_section` (None: Qwen2-VL's 2:1:1-like split) and `rope_theta` decide how well the LLM sees where
+    # an image token is (with Qwen2-VL's 1e6 the height/width pairs of a 16-dim head barely rotate over a 4x4 grid).
     half = head_dim // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    mrope = list(spec.get("mrope_section") or [half - 2 * (half // 3), half // 3, half // 3])
+    if sum(mrope) != half:
+        raise ValueError(f"tiny model: mrope_section {mrope} must sum to head_dim/2 = {half} "
+                         f"(hidden_size {hidden} / num_attention_heads {heads} / 2)")
+    rope_theta = float(spec.get("rope_theta", 1000000.0))
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tok),
@@ -95,7 +101,7 @@ def build_tiny(out_dir: Path, spec: dict) -> Path:
             num_attention_heads=heads,
             num_key_value_heads=spec["num_key_value_heads"],
             max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
             tie_word_embeddings=True,
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
