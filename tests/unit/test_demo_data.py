@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from aloevision.demo import generate
-from aloevision.demo.build_sources import LEAK_COPIES, MEDMAX_SEPARATOR
+from aloevision.demo.build_sources import LEAK_COPIES, LEAK_ITEMS, MEDMAX_SEPARATOR
 from aloevision.demo.generate import ensure_demo_data
 from aloevision.demo.vocabulary import MODALITIES
 
@@ -324,7 +324,7 @@ def test_only_the_planted_images_are_near_evaluation_images(demo, planted):
         else:
             assert d > 8, f"{name} is {d} bits from an evaluation image but was not planted as a leak"
     item_leaks = [p for p in planted if p["kind"] == "eval_leak_item"]
-    assert len(item_leaks) == 24 * LEAK_COPIES and {p["phash_distance"] for p in item_leaks} == {0}
+    assert len(item_leaks) == LEAK_ITEMS * LEAK_COPIES and {p["phash_distance"] for p in item_leaks} == {0}
     assert len(leaks) == 2 + len(item_leaks) and min(leaks.values()) == 0 and 2 <= max(leaks.values()) <= 6
 
 

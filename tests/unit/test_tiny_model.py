@@ -50,3 +50,20 @@ def test_round_trip_through_the_real_loading_path(tiny_path):
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == enc["input_ids"].shape[1] + 4 or out[0, -1].item() in model.generation_config.eos_token_id
+
+
+def test_position_settings_reach_the_config(tmp_path):
+    """TinySpec.rope_theta / mrope_section (conf/model/tiny.yaml `tiny:`) are the built model's M-RoPE; a split that
+    does not cover head_dim/2 is refused with the sizes."""
+    import json
+
+    import pytest
+
+    spec = {**dataclasses.asdict(TinySpec()), "rope_theta": 100.0, "mrope_section": [2, 3, 3]}
+    cfg = json.loads((ensure_tiny(tmp_path, spec) / "config.json").read_text())
+    rope = (cfg.get("text_config") or cfg)["rope_parameters"]
+    assert rope["rope_theta"] == 100.0 and rope["mrope_section"] == [2, 3, 3]
+    default = json.loads((ensure_tiny(tmp_path, dataclasses.asdict(TinySpec())) / "config.json").read_text())
+    assert (default.get("text_config") or default)["rope_parameters"]["mrope_section"] == [4, 2, 2]
+    with pytest.raises(ValueError, match="must sum to head_dim/2 = 8"):
+        ensure_tiny(tmp_path, {**spec, "mrope_section": [2, 2, 2]})

@@ -82,10 +82,12 @@ def _conv(q: str, a: str) -> list[dict[str, str]]:
 # tiny model memorised its training images instead of learning to read the modality; docs/benchmarks.md "Demo run"),
 # and the demo filter does not score Cambrian (the tiny model's perplexity pass costs ~40-100 ms a sample on 2 cores).
 N_CLOSED = {"pubmedvision": 10, "medmax": 10, "mecovqa": 60, "medgrit": 60, "cambrian": 1800}
-# The CareQA-Vision-like closed items planted verbatim (image bytes, prompt, answer) into MedMax, each this many
-# times (as a benchmark image re-shared by several datasets): `leakage=off` trains on them, `leakage=phash` removes
-# them. PLANTED.json lists every copy (kind eval_leak_item); eval.leaked_items scores exactly these items.
-LEAK_COPIES = 10
+# The first LEAK_ITEMS CareQA-Vision-like closed items planted verbatim (image bytes, prompt, answer) into MedMax,
+# each LEAK_COPIES times (as a benchmark image re-shared by several datasets): `leakage=off` trains on them,
+# `leakage=phash` removes them. PLANTED.json lists every copy (kind eval_leak_item); eval.leaked_items scores exactly
+# these items. With 24 items x 4 copies (x 3 epochs) the tiny model barely memorised them: few items, many copies.
+LEAK_ITEMS = 12
+LEAK_COPIES = 20
 
 
 def closed_scene(ctx: BuildContext, rng: np.random.Generator, fmt: str = "JPEG", **kw) -> tuple[Scene, bytes]:
@@ -208,7 +210,7 @@ def build_medmax(ctx: BuildContext, n: int = 30) -> None:
         members[img_path] = data
         rows.append({"text": f"<image>\n{q}{MEDMAX_SEPARATOR}{a}", "tokens": [int(t) for t in rng.integers(4, 8192, 6)],
                      "image_path": img_path, "task": "VQA", "source": src, "credential": "no"})
-    for item in ctx.eval_questions.get("careqa_vision_mcq", []):  # the planted verbatim leaks of evaluation items
+    for item in ctx.eval_questions.get("careqa_vision_mcq", [])[:LEAK_ITEMS]:  # planted verbatim evaluation items
         for c in range(LEAK_COPIES):
             img_path = f"images/slake/careqa_{item['id']}_{c}.jpg"
             members[img_path] = item["bytes"]
