@@ -76,7 +76,8 @@ def test_two_builds_are_byte_identical_and_fast(tmp_path):
     b = ensure_demo_data(tmp_path / "b")
     da, db = tree_digest(a), tree_digest(b)
     assert len(da) > 250 and da == db
-    assert elapsed < 15, f"demo data took {elapsed:.1f}s to build (budget 15 s)"
+    # ~2,300 scans, each pHash-checked against the evaluation images: ~6 s of CPU on a quiet machine
+    assert elapsed < 30, f"demo data took {elapsed:.1f}s to build (budget 30 s)"
     # no temp/lock leftovers beside the result
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["a", "b"]
 
@@ -124,7 +125,7 @@ def test_pubmedvision_native(demo):
 
 def test_medmax_native(demo):
     rows = [json.loads(x) for x in (demo / "medmax/train.jsonl").read_text().splitlines()]
-    assert 20 <= len(rows) <= 40
+    assert 20 + LEAK_ITEMS * LEAK_COPIES <= len(rows) <= 40 + LEAK_ITEMS * LEAK_COPIES  # + the planted item copies
     for r in rows:
         assert set(r) == {"text", "tokens", "image_path", "task", "source", "credential"}
         assert MEDMAX_SEPARATOR in r["text"]
