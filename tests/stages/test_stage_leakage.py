@@ -112,7 +112,8 @@ def test_report_gallery_and_wandb_media(demo_runs):
     md = (out / "leakage_report.md").read_text()
     assert "| medmax | demo_open |" in md and "| medtrinity | demo_mcq |" in md
     html = (out / "leakage_gallery.html").read_text()
-    assert html.count("<img") == 2 * 2  # two distinct image pairs, train + eval thumbnails
+    # one row per matched pair (train + eval thumbnails), at most the gallery's 64 (the planted item copies: 240)
+    assert html.count("<img") == 2 * min(64, _report(demo_runs["root"] / "r4")["pairs"])
     from PIL import Image
 
     assert Image.open(out / "leakage_gallery.png").size[0] > 300
@@ -230,7 +231,11 @@ def test_array_shards_fill_the_cache(tmp_path, demo_dir, monkeypatch):
     # unsharded job decodes (on a fresh content cache)
     whole = compose([*base, f"paths.cache_dir={tmp_path / 'cache_whole'}", "stage=hash", "cluster.data_shards=1"],
                     root=tmp_path)
-    assert execute(_ctx(whole, tmp_path / "whole"))["hash"]["totals"]["computed"] == done
+    # (identical bytes under several references - the demo's planted item copies - are decoded by every job that holds
+    # one; across shards the content cache serves the later shard, so the shards decode at most that many fewer)
+    whole_computed = execute(_ctx(whole, tmp_path / "whole"))["hash"]["totals"]["computed"]
+    copies = sum(p["kind"] == "eval_leak_item" for p in json.loads((demo_dir / "PLANTED.json").read_text()))
+    assert done <= whole_computed <= done + copies, (done, whole_computed, copies)
 
 
 def test_hash_shards_split_distinct_images(tmp_path, demo_dir, monkeypatch):

@@ -225,8 +225,9 @@ def build_medmax(ctx: BuildContext, n: int = 30) -> None:
         for c in range(LEAK_COPIES):
             img_path = f"images/slake/careqa_{item['id']}_{c}.jpg"
             members[img_path] = item["bytes"]
-            ctx.plant("eval_leak_item", source="medmax", row=len(rows), record=img_path, data_file=f"{base}/train.jsonl",
-                      file=f"{base}/images.tar.gz.aa+ab", member=img_path, eval_benchmark="careqa_vision_mcq",
+            ctx.plant("eval_leak_item", source="medmax", row=len(rows), record=img_path,
+                      data_file=f"{base}/train.jsonl", file=f"{base}/images.tar.gz.aa+ab", member=img_path,
+                      eval_benchmark="careqa_vision_mcq",
                       eval_id=item["id"], eval_items=[{"benchmark": "careqa_vision_mcq", "id": item["id"]}],
                       phash_distance=0, detail=f"copy {c + 1} of {LEAK_COPIES}: image, question and answer")
             rows.append({"text": f"<image>\n{item['prompt']}{MEDMAX_SEPARATOR}{item['answer']}", "tokens": [],
