@@ -135,6 +135,9 @@ def test_demo_filter_removes_the_planted_incoherent_sample(demo_dir, tiny_path, 
     broken = {r.id for r in scores.values() if r.ppl is None}
     assert broken and all(scores[i].ppl_failure == "image_error" for i in broken)
     assert {d.id for d in drops if d.reason == "parse_failure"} == broken
+    # ... and not cached: an unreadable file says nothing about the sample, so the next run scores it again
+    store.reload()
+    assert all(store.get(i) is None for i in broken) and store.get(target[0]) is not None
     assert all(r.ppl > 1 for r in scores.values() if r.id not in broken)
     # the paper's filter, reusing nothing from the demo, would have needed the 72B scorer: only the config differs
     assert _filter_cfg("paper").scorer.tag_model == "Qwen/Qwen2.5-VL-72B-Instruct"

@@ -57,6 +57,9 @@ def scorer_fingerprint(backend: ScorerBackend, scorer_cfg) -> str:
     )
 
 
+IMAGE_ERROR = "image_error"
+
+
 def needs_scoring(source: str, filter_cfg) -> bool:
     """Whether any threshold applies to `source` (the stage can skip scoring sources the filter keeps whole)."""
     if not filter_cfg.enabled:
@@ -78,7 +81,7 @@ def _score_batch(backend: ScorerBackend, batch: list[Sample], loader, fp: str) -
             imgs = [loader(ref) for ref in s.images]
         except Exception as e:  # a broken image: recorded with the reason, the rest of the batch goes on
             r = records[s.id]
-            r.parse_failure = r.ppl_failure = "image_error"
+            r.parse_failure = r.ppl_failure = IMAGE_ERROR
             r.parse_detail = f"{type(e).__name__}: {e}"[:200]
             continue
         ready.append((s, imgs))
@@ -148,7 +151,9 @@ def score_samples(
 
     def flush() -> Iterator[tuple[str, ScoreRecord]]:
         records = _score_batch_isolating(backend, pending, loader, store.fingerprint)
-        store.write(records)
+        # An unreadable image says nothing about the sample, only about the file now (deleted or rewritten under a
+        # running job): it is counted in this run but not cached, so the next run scores the sample again.
+        store.write([r for r in records if r.parse_failure != IMAGE_ERROR])
         if on_batch is not None:
             on_batch(records)
         pending.clear()
