@@ -215,12 +215,26 @@ def _wait_timeout(proc, timeout: float):
     return pid, None, ru
 
 
+def _safe(label: str) -> str:
+    return label.replace("[", "_").replace("]", "").replace(" ", "_").replace("(", "").replace(")", "")
+
+
+def _job_record(work: Path, label: str) -> dict[str, Any]:
+    """What the job did (samples, leaks, drops...) and where its mixture is, from its own run record."""
+    rr = work / "runs" / _safe(label) / "run_record.json"
+    if not rr.is_file():
+        return {}
+    rec = json.loads(rr.read_text())
+    return {"metrics": rec.get("metrics", {}),
+            "paths": {k: v for k, v in (rec.get("paths") or {}).items() if k in ("mixture", "export")}}
+
+
 def run_step(step: dict, base: list[str], work: Path, env: dict[str, str], timeout: float | None) -> dict[str, Any]:
     before = disk(work)
     results: list[dict] = [None] * len(step["jobs"])  # type: ignore[list-item]
     threads = []
     for i, (label, ov) in enumerate(step["jobs"]):
-        safe = label.replace("[", "_").replace("]", "").replace(" ", "_").replace("(", "").replace(")", "")
+        safe = _safe(label)
         cmd = ["nice", "-n", "5", sys.executable, "launch.py", *base, *ov, f"hydra.run.dir={work / 'runs' / safe}"]
         log = work / "logs" / f"{safe}.log"
 
@@ -228,9 +242,7 @@ def run_step(step: dict, base: list[str], work: Path, env: dict[str, str], timeo
             results[i] = run_job(label, cmd, env, log, timeout)
             results[i]["command"] = "python launch.py " + " ".join(
                 c for c in cmd[5:] if not c.startswith(("paths.", "hydra.run", "eval.benchmarks.demo_open.path")))
-            rr = work / "runs" / safe / "run_record.json"
-            if rr.is_file():  # what the job did (samples, leaks, drops...), from its own record
-                results[i]["metrics"] = json.loads(rr.read_text()).get("metrics", {})
+            results[i].update(_job_record(work, label))
 
         t = threading.Thread(target=go)
         t.start()
@@ -323,6 +335,10 @@ def mixture_storage(work: Path, corpus_doc: dict, steps: list[dict]) -> dict[str
 
     abl = cache_added("mix (ablation)")
     n_img = corpus_doc["images"]
+    # the ablation's own mixture: image bytes embedded in its rows scale with the image size, the rest does not
+    abl_fp = next((Path(j["paths"]["mixture"]).parent.name for j in steps_by.get("mix (ablation)", {}).get("jobs", [])
+                   if j.get("paths", {}).get("mixture")), None)
+    abl_img = mixes[abl_fp]["images_column_bytes"] if embedded and abl_fp in mixes else 0
     return {
         "distinct_image_bytes": distinct, "mixtures": mixes, "images_embedded_in_rows": embedded,
         "image_store_bytes": store, "image_keys_bytes": keys, "hf_datasets_cache": hf, "other_cache_kinds": other,
@@ -333,7 +349,9 @@ def mixture_storage(work: Path, corpus_doc: dict, steps: list[dict]) -> dict[str
         # The corpus's JPEGs are small (cheap to generate); real ones are larger, the row tables are not: the same
         # ablation over the same number of images of the issue's corpus (~40 KB each) or of typical paper-scale
         # images (~150 KB).
-        "ablation_extra_at_image_size": {str(size): abl / (n_img * size) for size in (40_000, 150_000)},
+        "ablation_mixture": abl_fp,
+        "ablation_extra_at_image_size": {str(size): (abl - abl_img) / (n_img * size) + abl_img / distinct
+                                         for size in (40_000, 150_000)} if distinct else {},
         "export_bytes": du(cache / "export"),
     }
 
@@ -445,6 +463,8 @@ def main() -> None:
     ap.add_argument("--filter", default="demo", help="the filter config (model_free: rules tags, no perplexity)")
     ap.add_argument("--model", default="tiny", help="the model config whose processor counts tokens (qwen2vl_7b: "
                                                     "the real Qwen2-VL tokenizer, rebuilt offline)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the work folder and the succeeded steps of --out; run the others")
     ap.add_argument("--report-only", action="store_true",
                     help="recompute the storage, extrapolation and goals of --out from its work folder (kept)")
     ap.add_argument("--fit-with", type=Path, default=None,
@@ -459,21 +479,30 @@ def main() -> None:
     work = args.work / f"s{args.samples}-i{args.images}"
     if args.report_only:
         old = json.loads(args.out.read_text())
+        for step in old["steps"]:
+            for job in step["jobs"]:
+                job.update(_job_record(work, job["label"]))
         doc = _write(args, corpus_doc, old["steps"], work, old["code"], time.monotonic() - old["totals"]["wall_s"],
                      partial=old.get("partial", False), date=old["date"])
         print(doc["markdown"])
         return
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "logs").mkdir(parents=True)
+    done: list[dict] = []
+    if args.resume and args.out.is_file():  # steps that succeeded are kept, the others (and the rest) run
+        done = [s for s in json.loads(args.out.read_text())["steps"] if s["ok"]]
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(work / "hf_datasets"), "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     base = common_overrides(corpus, work, args.override, _filter(args), args.model)
     code = args.code or subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True,
                                        text=True).stdout.strip()[:80]
-    steps_done = []
-    t0 = time.monotonic()
+    steps_done = list(done)
+    t0 = time.monotonic() - sum(s["wall_s"] for s in done)
     for step in plan(args):
+        if any(s["step"] == step["name"] for s in done):
+            continue
         print(f"[{time.strftime('%H:%M:%S')}] {step['name']} ...", flush=True)
         rec = run_step(step, base, work, env, args.job_timeout)
         steps_done.append(rec)
