@@ -6,6 +6,14 @@ PubMedVision JSON + image zips, Magpie parquet, a SLAKE-like leakage reference w
     PYTHONPATH=src python benchmarks/scale_bench.py --samples 1000000 --images 500000 \
         [--out benchmarks/results/scale.json] [--work /work/scratch/h18c/work] [--keep-work]
     PYTHONPATH=src python benchmarks/scale_bench.py --samples 20000 --images 10000 --out benchmarks/results/scale_20k.json
+    # the baseline before issue 18 (commit 4566f86: no image store, perplexity in the rules scorer, tokens unsharded)
+    PYTHONPATH=src python benchmarks/scale_bench.py --samples 20000 --images 10000 --filter demo --model tiny \
+        --extra-stages "" --sharded "" --no-export --out benchmarks/results/scale_20k_baseline.json
+
+Defaults: `filter=model_free` (rules tags, perplexity off: no model is loaded to score), `model=qwen2vl_7b` (its
+real tokenizer, rebuilt offline, counts the tokens; nothing is downloaded), `model.max_length=4096`, the mixture
+`demo` without the sources the corpus lacks (natural shares), the ablation `++mixture.targets={medical_multimodal:0.7,
+general_text:0.3}` (a second mixture over the same images), then `stage=export`.
 
 Measured per job (each one process tree, started under `nice -n 5`):
 - wall time (time.monotonic around the job; for an array step, from the first start to the last end);
@@ -15,9 +23,10 @@ Measured per job (each one process tree, started under `nice -n 5`):
 - CPU seconds (user + sys of the tree);
 - disk added: every folder of the artifact cache (`paths.cache_dir/<kind>`), the `datasets` cache
   (HF_DATASETS_CACHE, set per job so hidden copies show), the run folders; before and after each step.
-Mixture storage: distinct image bytes (the corpus's JPEGs, from scale_corpus.py's manifest) vs the mixture
-artifacts (image columns, from the parquet footers, vs the rest = the row tables) vs an image store when the code
-has one (any cache kind the harness does not know is reported under "other cache kinds").
+Mixture storage: distinct image bytes (the corpus's JPEGs, from scale_corpus.py's manifest) vs where image bytes
+are stored (the image store `<cache>/image_store`, an `images` column of image bytes in the mixture rows, the
+`datasets` cache) vs the row tables (every other column, the image keys); the ablation's extra = what its mix job
+added to the cache.
 
 Extrapolation to 4M samples: linear in the sample count (wall, CPU seconds, disk; the corpus keeps its images per
 sample ratio), peak RSS as measured (the goal says it must not depend on the sample count; compare runs at two
@@ -457,11 +466,12 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="extra launch.py override for every job")
     ap.add_argument("--ablation", default="++mixture.targets={medical_multimodal:0.7,general_text:0.3}",
                     help="overrides (space-separated) of the second mixture")
-    ap.add_argument("--sharded", default="", help="stages besides ingest/hash/score that shard, e.g. tokens,images")
-    ap.add_argument("--extra-stages", default="", help="stages run before tokens when the graph has them, e.g. images")
+    ap.add_argument("--sharded", default="images,tokens", help="stages besides ingest/hash/score run as arrays")
+    ap.add_argument("--extra-stages", default="images", help="stages run before tokens when the graph has them")
     ap.add_argument("--no-filter", action="store_true", help="filter=none: no score / filter steps")
-    ap.add_argument("--filter", default="demo", help="the filter config (model_free: rules tags, no perplexity)")
-    ap.add_argument("--model", default="tiny", help="the model config whose processor counts tokens (qwen2vl_7b: "
+    ap.add_argument("--filter", default="model_free", help="the filter config (model_free: rules tags, no perplexity; "
+                                                           "before issue 18: demo, which computes perplexity)")
+    ap.add_argument("--model", default="qwen2vl_7b", help="the model config whose processor counts tokens (qwen2vl_7b: "
                                                     "the real Qwen2-VL tokenizer, rebuilt offline)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the work folder and the succeeded steps of --out; run the others")
@@ -469,7 +479,7 @@ def main() -> None:
                     help="recompute the storage, extrapolation and goals of --out from its work folder (kept)")
     ap.add_argument("--fit-with", type=Path, default=None,
                     help="results of a run at another scale: the 4M extrapolation fits wall = a + b * samples per step")
-    ap.add_argument("--export", action="store_true", help="also run stage=export when the graph has it")
+    ap.add_argument("--no-export", dest="export", action="store_false", help="skip stage=export")
     ap.add_argument("--job-timeout", type=float, default=None, help="seconds; a job past it is stopped (FAILED)")
     ap.add_argument("--code", default=None, help="label of the code measured (default: git describe)")
     args = ap.parse_args()
