@@ -4,8 +4,12 @@ the job that assembles / consumes them, on a generated corpus in the real releas
 PubMedVision JSON + image zips, Magpie parquet, a SLAKE-like leakage reference with planted duplicates).
 
     PYTHONPATH=src python benchmarks/scale_bench.py --samples 1000000 --images 500000 \
-        [--out benchmarks/results/scale.json] [--work /work/scratch/h18c/work] [--keep-work]
-    PYTHONPATH=src python benchmarks/scale_bench.py --samples 20000 --images 10000 --out benchmarks/results/scale_20k.json
+        [--out benchmarks/results/scale.json] [--fit-with benchmarks/results/scale_200k.json] [--keep-work]
+    PYTHONPATH=src python benchmarks/scale_bench.py --samples 20000 --images 10000 \
+        --out benchmarks/results/scale_20k.json
+
+The corpus is cached under $ALOEVISION_SCALE_CORPUS (default outputs/scale_bench/corpus), the jobs' cache and run
+folders under $ALOEVISION_SCALE_WORK (default outputs/scale_bench/work; removed at the end unless --keep-work).
     # the baseline before issue 18 (commit 4566f86: no image store, perplexity in the rules scorer, tokens unsharded)
     PYTHONPATH=src python benchmarks/scale_bench.py --samples 20000 --images 10000 --filter demo --model tiny \
         --extra-stages "" --sharded "" --no-export --out benchmarks/results/scale_20k_baseline.json
@@ -56,7 +60,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from scale_corpus import DEFAULT_ROOT, ensure_corpus  # noqa: E402
 
-DEFAULT_WORK = Path(os.environ.get("ALOEVISION_SCALE_WORK", "/work/scratch/h18c/work"))
+DEFAULT_WORK = Path(os.environ.get("ALOEVISION_SCALE_WORK", REPO / "outputs" / "scale_bench" / "work"))
 TARGET = 4_000_000
 RSS_GOAL = 4 * 10**9
 KNOWN_KINDS = {"ingest", "ingest_shard", "hash", "phash", "leakage", "scores", "filter", "tokens", "mix", "models",

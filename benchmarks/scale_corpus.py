@@ -40,7 +40,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-DEFAULT_ROOT = Path(os.environ.get("ALOEVISION_SCALE_CORPUS", "/work/scratch/h18c/corpus"))
+DEFAULT_ROOT = Path(os.environ.get("ALOEVISION_SCALE_CORPUS", REPO / "outputs" / "scale_bench" / "corpus"))
 N_ZIPS = 20
 TEXT_SHARE = 0.2  # Magpie rows / all samples
 SECOND_IMAGE = 0.1  # PubMedVision records with a second image
