@@ -31,29 +31,48 @@ WANDB_ROWS = 5000
 
 
 # ---- matching ----------------------------------------------------------------------------------------------------
-def _load_part(d: str) -> tuple[np.ndarray, list[list], list[dict]]:
+def _load_part(d: str, rows: bool = True) -> tuple[np.ndarray, list[list] | None, list[dict]]:
+    """A hash artifact's hashes, its `images.jsonl` rows (None with rows=False: at millions of training images the
+    parsed rows would dominate the job's memory, and only the matched ones are needed) and its errors."""
     p = Path(d)
     hashes = np.load(p / "hashes.npy")
     with open(p / "images.jsonl") as f:
-        rows = [json.loads(line) for line in f]
+        parsed = [json.loads(line) for line in f] if rows else None
+        n = len(parsed) if rows else sum(1 for _ in f)
     with open(p / "errors.jsonl") as f:
         errors = [json.loads(line) for line in f]
-    if len(rows) != len(hashes):
-        raise RuntimeError(f"hash artifact {p} is inconsistent ({len(rows)} rows, {len(hashes)} hashes)")
-    return hashes, rows, errors
+    if n != len(hashes):
+        raise RuntimeError(f"hash artifact {p} is inconsistent ({n} rows, {len(hashes)} hashes)")
+    return hashes, parsed, errors
 
 
-def _concat(parts: dict[str, dict]) -> tuple[np.ndarray, np.ndarray, list[str], list[list], dict[str, list[dict]]]:
-    names = sorted(parts)
-    hs, owner, rows, errors = [], [], [], {}
+def _rows_at(parts: dict[str, dict], names: list[str], owner: np.ndarray, indices: set[int]) -> dict[int, list]:
+    """The `images.jsonl` rows of the given global indices (one pass over each part that holds any)."""
+    out: dict[int, list] = {}
+    starts = np.searchsorted(owner, np.arange(len(names)))  # owner is sorted: parts are concatenated in order
     for i, name in enumerate(names):
-        h, r, e = _load_part(parts[name]["dir"])
+        local = {g - int(starts[i]) for g in indices if owner[g] == i}
+        if not local:
+            continue
+        with open(Path(parts[name]["dir"]) / "images.jsonl") as f:
+            for k, line in enumerate(f):
+                if k in local:
+                    out[int(starts[i]) + k] = json.loads(line)
+    return out
+
+
+def _concat(parts: dict[str, dict], rows: bool = True
+            ) -> tuple[np.ndarray, np.ndarray, list[str], list[list], dict[str, list[dict]]]:
+    names = sorted(parts)
+    hs, owner, all_rows, errors = [], [], [], {}
+    for i, name in enumerate(names):
+        h, r, e = _load_part(parts[name]["dir"], rows)
         hs.append(h)
         owner.append(np.full(len(h), i, np.int32))
-        rows += r
+        all_rows += r or []
         errors[name] = e
     cat = np.concatenate(hs) if hs else np.zeros(0, np.uint64)
-    return cat, (np.concatenate(owner) if owner else np.zeros(0, np.int32)), names, rows, errors
+    return cat, (np.concatenate(owner) if owner else np.zeros(0, np.int32)), names, all_rows, errors
 
 
 def _train_refs(folder: str, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], Any]:
@@ -108,9 +127,10 @@ def _decide(ctx, hashed: dict, radius: int, out_dir: Path) -> None:
     from aloevision.leakage.phash import to_hex
 
     cfg = ctx.cfg
-    th, t_owner, t_names, t_rows, t_errors = _concat(hashed["train"])
+    th, t_owner, t_names, _, t_errors = _concat(hashed["train"], rows=False)
     eh, e_owner, e_names, e_rows, e_errors = _concat(hashed["eval"])
     m, mstats = match(th, eh, radius, workers=max(1, int(cfg.cluster.cpus_per_task)), return_stats=True)
+    t_rows = _rows_at(hashed["train"], t_names, t_owner, set(m["train_idx"].tolist()))
 
     # A sample is leaked if ANY of its images matches; aggregate per (training source, evaluation set).
     pairs = []
