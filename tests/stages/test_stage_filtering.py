@@ -43,6 +43,12 @@ def test_filter_stage_on_the_demo_then_rethreshold_without_rescoring(run_launch,
     # the text-only sources have no threshold in filter=demo: not scored, all kept
     assert rep["report"]["per_source"]["magpie"]["removed"] == 0 and "magpie" in score1["not_scored_sources"]
 
+    leak_art = Path(rec["stages"]["leakage"]["artifact"])
+    leaked = {json.loads(line)["id"] for line in (leak_art / "excluded.jsonl").read_text().splitlines()}
+    dropped = {d["id"] for d in drops}
+    leaked_scored = {i for i in leaked - dropped if i.split("/")[0] not in score1["not_scored_sources"]}
+    assert len(leaked_scored) >= 240  # the 12 planted CareQA-V items x 20 copies in MedMax
+
     out = run1 / "filter"
     for name in ("filter_report.md", "filter_report.json", "filter_report.csv"):
         assert (out / name).stat().st_size > 0
@@ -54,8 +60,9 @@ def test_filter_stage_on_the_demo_then_rethreshold_without_rescoring(run_launch,
         assert (out / "coverage" / f"coverage_{pair}.png").read_bytes()[:4] == b"\x89PNG"
         with open(out / "coverage" / f"coverage_{pair}.csv") as fh:
             counts = sum(int(v) for row in list(csv.reader(fh))[1:] for v in row[1:])
-        # heatmaps are over the kept samples only: the dropped ones are not counted
-        assert counts == rep["coverage_samples"] == score1["samples"] - len(drops)
+        # heatmaps are over the final pool only: the dropped samples and the leaked ones (the demo's planted
+        # evaluation items) are not counted
+        assert counts == rep["coverage_samples"] == score1["samples"] - len(drops) - len(leaked_scored)
     # W&B (offline): histograms and heatmaps as images, galleries as HTML media
     media = list((run1 / "wandb").glob("offline-run-*/files/media"))
     assert len(media) == 1

@@ -72,5 +72,8 @@ def test_targets_rebalance_by_loss_tokens(run_launch, tmp_path):
     # far from the demo's natural shares.
     for cat, row in final.items():
         assert abs(float(row["share"]) - float(row["requested_share"])) < 0.04, (cat, row)
-    assert float(natural["medical_multimodal"]["share"]) > 0.6 > 0.45 > float(final["medical_multimodal"]["share"])
+    # the demo's natural mixture is dominated by the short modality questions (general multimodal) and has almost
+    # no medical text; the final mixture's targets move both far
+    assert float(natural["general_multimodal"]["share"]) > 0.4 > 0.2 > float(final["general_multimodal"]["share"])
+    assert float(natural["medical_text"]["share"]) < 0.1 < 0.2 < float(final["medical_text"]["share"])
     assert int(final["medical_text"]["samples"]) == int(natural["medical_text"]["samples"])  # the scarce one kept whole
