@@ -75,7 +75,7 @@ def test_separate_jobs_equal_one_job(run_launch, tmp_path, session_root):
     one = tmp_path / "one"
     run_launch(*short, f"hydra.run.dir={one}")
     ref = _record(one)
-    assert ref["stages"]["mix"]["samples"] == 394  # the leaked sample and the 2 low-score ones are excluded
+    assert ref["stages"]["mix"]["samples"] == 2154  # the 241 leaked samples and the 2 low-score ones are excluded
 
     store = f"paths.cache_dir={tmp_path / 'separate_cache'}"
     jobs = {}
@@ -96,7 +96,7 @@ def test_separate_jobs_equal_one_job(run_launch, tmp_path, session_root):
                cache=False)
 
     ids = _mixture_ids(ref)
-    assert len(ids) == 394
+    assert len(ids) == 2154
     for rec in (_record(jobs["mix"]), _record(alone["train"])):
         assert _mixture_ids(rec) == ids
     losses = ref["stages"]["train"]["loss_history"]

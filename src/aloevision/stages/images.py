@@ -129,6 +129,7 @@ def _build_shard(folder: str, writer: StoreWriter, memo: dict, k: int, n: int, o
                                                "written": writer.written - before[0],
                                                "written_bytes": writer.written_bytes - before[1],
                                                "already_stored": writer.present - before[2], "errors": len(r.errors)}))
+    writer.close()  # this shard's images published before its artifact commits
 
 
 def _assemble(folder: str, parts: list[Path], writer: StoreWriter, memo: dict, out: Path) -> None:
@@ -179,8 +180,13 @@ def _keys_artifact(ctx, store: ImageStore, writer: StoreWriter, memo: dict, fold
             _assemble(folder, parts, writer, memo, tmp)
         else:
             _build(folder, writer, memo, tmp)
+        # Published before the artifact commits: a parallel job that finds the artifact finds its images too
+        # (else it would take the artifact for stale and rebuild it under this job's feet).
+        writer.close()
 
     art = ctx.store.get_or_build("image_keys", key, build)
+    if art.cached:
+        store.refresh()  # packs other jobs published since this job opened the store
     if art.cached and not _complete(store, art):
         log.warning("images %s: the image store %s lost images this artifact names; rebuilding it", folder,
                     store.root)
